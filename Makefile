@@ -1,0 +1,33 @@
+# Every target creates .venv with python3 if it is missing; nothing else is assumed installed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint typecheck pytest bench-micro clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check router bench tests
+	$(BIN)/ruff format --check router bench tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench-micro: $(STAMP)
+	$(BIN)/python -m bench.micro_route
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
