@@ -29,7 +29,7 @@ head_dim 128. GPU: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3.
   tokens/s, against ~12.5k tok/s published for Llama 3.1 8B on one H100 with vLLM.
 * KV capacity: 80 GiB x gpu_memory_utilization 0.9 = 72 GiB; minus 14.96 GiB of weights and
   ~3 GiB of activations/CUDA graphs leaves ~54 GiB; a 16-token block is 16 x 128 KiB = 2 MiB,
-  so 27,667 blocks (~443k tokens).
+  so 27,669 blocks (~443k tokens).
 * Scheduler limits: vLLM V1 defaults for >= 70 GiB GPUs in the OpenAI server,
   max_num_batched_tokens 8192 and max_num_seqs 1024.
 
@@ -37,10 +37,10 @@ Predicted TTFT on an idle engine (computed by ``python -m bench.mock_vllm.ttft_t
 which drives the engine's scheduler with a virtual clock; the prompt is fully cached in the
 "cached" column, so only the last, partial block is recomputed):
 
-    prompt      cold       cached
-    1k tokens   36.6 ms    7.0 ms
-    8k tokens   280.0 ms   7.0 ms
-    32k tokens  1,468 ms   7.5 ms
+    prompt          cold        cached
+    1,024 tokens    37.2 ms     7.0 ms
+    8,192 tokens    280.7 ms    7.1 ms
+    32,768 tokens   1,510.9 ms  7.5 ms
 
 Public figures these rest on: H100 SXM datasheet (989 TFLOP/s bf16 dense, 3.35 TB/s);
 Llama-3.1-8B config (shape above); vLLM V1 scheduler defaults; ~12.5k output tok/s for
