@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -240,3 +241,26 @@ async def test_requests_wait_for_kv_blocks(aiohttp_client: ClientFactory) -> Non
     results = await asyncio.gather(*tasks)
     assert all(r[0]["usage"]["completion_tokens"] == 20 for r in results)
     assert replica.engine.scheduler.cache.evictions > 0
+
+
+async def test_waiting_non_streaming_request_is_aborted_when_client_leaves() -> None:
+    app = build_app(options())
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        body = chat([{"role": "user", "content": LONG_CONTEXT}], max_tokens=2000)
+        async with aiohttp.ClientSession() as session:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await session.post(
+                    server.make_url("/v1/chat/completions"),
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=0.1),
+                )
+        scheduler = app[REPLICA].engine.scheduler
+        for _ in range(100):
+            if not scheduler.running and not scheduler.waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert not scheduler.running and scheduler.cache.usage == 0.0
+    finally:
+        await server.close()
