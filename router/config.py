@@ -1,0 +1,284 @@
+"""Every setting of the router, its default and its help, in one place (SPEC 6).
+
+One path from outside to the object that uses it: defaults < YAML file (`--config`) <
+`ROUTER_*` environment variables < command-line flags. `cli.py` builds the parser from the
+fields below, so a new setting is one field here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+from urllib.parse import parse_qsl, urldefrag
+
+import yaml
+
+from router.keys import DEFAULT_BODY_FIELDS, DEFAULT_SESSION_HEADER_PATTERN, DEFAULT_SESSION_HEADERS
+from router.policies import POLICY_NAMES
+from router.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
+
+LOAD_SIGNALS = ("local", "scraped", "both")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def setting(help: str, *, choices: tuple[str, ...] = (), group: str = "", **kw: Any) -> Any:
+    """A Config field with the help text and choices that --help shows."""
+    return field(metadata={"help": help, "choices": choices, "group": group}, **kw)
+
+
+@dataclass
+class Config:
+    # --- serving
+    host: str = setting("Address to listen on.", default="0.0.0.0", group="serving")
+    port: int = setting("Port of the OpenAI-compatible API.", default=8000, group="serving")
+    drain_seconds: float = setting(
+        "On SIGTERM, stop accepting and let in-flight streams finish for up to this long.",
+        default=30.0,
+        group="serving",
+    )
+    max_body_bytes: int = setting(
+        "Largest request body accepted; larger gets 413.", default=32 * 1024 * 1024, group="serving"
+    )
+    route_headers: bool = setting(
+        "Add x-router-replica and x-router-route to responses.", default=True, group="serving"
+    )
+    log_level: str = setting("Log level.", default="info", choices=LOG_LEVELS, group="serving")
+    # --- replicas
+    replica: list[str] = setting(
+        "Replica base URL (repeatable; ROUTER_REPLICA takes a comma list). A fragment sets "
+        "options: http://host:8000#weight=2&header=Name:Value.",
+        default_factory=list,
+        group="replicas",
+    )
+    replicas_dns: str = setting(
+        "HOST:PORT resolved periodically for replica addresses (a Kubernetes headless Service).",
+        default="",
+        group="replicas",
+    )
+    replicas_dns_scheme: str = setting(
+        "Scheme of replicas found by DNS.",
+        default="http",
+        choices=("http", "https"),
+        group="replicas",
+    )
+    dns_interval: float = setting(
+        "Seconds between DNS re-resolutions.", default=10.0, group="replicas"
+    )
+    health_interval: float = setting(
+        "Seconds between active GET /health checks of each replica.", default=5.0, group="replicas"
+    )
+    health_timeout: float = setting("Timeout of one health check.", default=2.0, group="replicas")
+    eject_after: int = setting(
+        "Consecutive failures (health checks or requests) that eject a replica.",
+        default=3,
+        group="replicas",
+    )
+    eject_backoff: float = setting(
+        "First ejection lasts this long; each repeat doubles it.", default=2.0, group="replicas"
+    )
+    eject_backoff_max: float = setting("Longest ejection.", default=60.0, group="replicas")
+    scrape_interval: float = setting(
+        "Seconds between scrapes of each replica's /metrics (0 disables).",
+        default=5.0,
+        group="replicas",
+    )
+    scrape_timeout: float = setting("Timeout of one scrape.", default=3.0, group="replicas")
+    # --- routing
+    policy: str = setting(
+        "Routing policy.", default="session", choices=POLICY_NAMES, group="routing"
+    )
+    load_factor: float = setting(
+        "Bounded-loads factor c: a replica takes new keys while its load < ceil(c*(total+1)/n).",
+        default=DEFAULT_LOAD_FACTOR,
+        group="routing",
+    )
+    vnodes: int = setting(
+        "Virtual nodes per replica of weight 1.", default=DEFAULT_VNODES, group="routing"
+    )
+    load_signal: str = setting(
+        "Load the bounded walk uses: in-flight through this router (local), the replicas' "
+        "scraped running+waiting (scraped), or the larger of both (both).",
+        default="local",
+        choices=LOAD_SIGNALS,
+        group="routing",
+    )
+    spill_table_size: int = setting(
+        "Most spilled keys remembered for spill stickiness.", default=100_000, group="routing"
+    )
+    spill_ttl: float = setting("Seconds a spill is remembered.", default=600.0, group="routing")
+    session_header: list[str] = setting(
+        "Session headers in priority order (repeatable; replaces the default list).",
+        default_factory=lambda: list(DEFAULT_SESSION_HEADERS),
+        group="routing",
+    )
+    session_header_pattern: str = setting(
+        "Regex of further session headers ('' disables).",
+        default=DEFAULT_SESSION_HEADER_PATTERN,
+        group="routing",
+    )
+    body_key_field: list[str] = setting(
+        "Body fields (dotted paths) that carry a session key, in order (repeatable).",
+        default_factory=lambda: list(DEFAULT_BODY_FIELDS),
+        group="routing",
+    )
+    prefix_chars: int = setting(
+        "Characters of a completions prompt that anchor its prefix key.",
+        default=2048,
+        group="routing",
+    )
+    anchor_max_chars: int = setting(
+        "Longest chat anchor (system prompts + first user message) hashed.",
+        default=16384,
+        group="routing",
+    )
+    # --- upstream
+    max_attempts: int = setting(
+        "Replicas tried per request (the first plus failovers).", default=3, group="upstream"
+    )
+    connect_timeout: float = setting("Upstream connect timeout.", default=5.0, group="upstream")
+    first_byte_timeout: float = setting(
+        "Upstream time to response headers; past it the next replica is tried.",
+        default=300.0,
+        group="upstream",
+    )
+    idle_timeout: float = setting(
+        "Longest silence between two upstream body chunks.", default=300.0, group="upstream"
+    )
+    keepalive_timeout: float = setting(
+        "Idle upstream keep-alive; stays below vLLM's 5 s so pooled connections are not stale.",
+        default=4.0,
+        group="upstream",
+    )
+    upstream_header: list[str] = setting(
+        "Static NAME=VALUE header added to every upstream request (repeatable).",
+        default_factory=list,
+        group="upstream",
+    )
+
+    @property
+    def replica_specs(self) -> list[ReplicaSpec]:
+        return [parse_replica(text) for text in self.replica]
+
+    @property
+    def static_headers(self) -> dict[str, str]:
+        return dict(_name_value(text, "=") for text in self.upstream_header)
+
+    def validate(self) -> None:
+        if bool(self.replica) == bool(self.replicas_dns):
+            raise ConfigError("give replicas with --replica or --replicas-dns (exactly one)")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(choices)}")
+        if self.load_factor < 1.0:
+            raise ConfigError("--load-factor must be >= 1.0")
+        if self.max_attempts < 1 or self.vnodes < 1:
+            raise ConfigError("--max-attempts and --vnodes must be >= 1")
+        if self.replicas_dns and ":" not in self.replicas_dns:
+            raise ConfigError("--replicas-dns takes HOST:PORT")
+        self.replica_specs  # noqa: B018 - parse now so that a bad spec fails at start-up
+        self.static_headers  # noqa: B018
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    url: str
+    weight: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_replica(text: str) -> ReplicaSpec:
+    url, fragment = urldefrag(text.strip())
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"replica {url!r} must be an http:// or https:// URL")
+    weight, headers = 1.0, {}
+    for name, value in parse_qsl(fragment):
+        if name == "weight":
+            weight = float(value)
+        elif name == "header":
+            key, val = _name_value(value, ":")
+            headers[key] = val
+        else:
+            raise ConfigError(f"unknown replica option {name!r} in {text!r}")
+    return ReplicaSpec(url.rstrip("/"), weight, headers)
+
+
+def _name_value(text: str, sep: str) -> tuple[str, str]:
+    name, found, value = text.partition(sep)
+    if not found or not name.strip():
+        raise ConfigError(f"expected NAME{sep}VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return "ROUTER_" + name.upper()
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Turn a YAML or environment value into the field's type."""
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    if kind == "list[str]":
+        if isinstance(raw, str):
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        return [_replica_entry(v) if isinstance(v, dict) else str(v) for v in raw]
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return str(raw)
+
+
+def _replica_entry(entry: Mapping[str, Any]) -> str:
+    """A YAML replica given as {url, weight, headers} becomes the flag's URL#options form."""
+    url = str(entry["url"])
+    options = [f"weight={entry['weight']}"] if "weight" in entry else []
+    options += [f"header={k}:{v}" for k, v in (entry.get("headers") or {}).items()]
+    return url + ("#" + "&".join(options) if options else "")
+
+
+def load_file(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    names = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = str(key).replace("-", "_")
+        if name == "replicas":
+            name = "replica"
+        if name not in names:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        values[name] = coerce(name, raw)
+    return values
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        for env in (env_name(f.name), env_name(f.name) + "S"):  # ROUTER_REPLICAS reads naturally
+            if env in environ:
+                values[f.name] = coerce(f.name, environ[env])
+    return values
+
+
+def default_of(name: str) -> Any:
+    f = {f.name: f for f in fields(Config)}[name]
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]

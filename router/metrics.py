@@ -1,0 +1,126 @@
+"""The router's own Prometheus metrics (SPEC 5), declared once; call sites only observe.
+
+Names are `router_*`, never `vllm:*`, so they never collide with the replicas' own series in a
+shared Prometheus. Values scraped from the replicas are exported by `ScrapedCollector`, which
+reads the scraper's latest figures when Prometheus asks, so nothing is copied per scrape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# vLLM's own TTFT buckets, so the router's and the engines' histograms line up on a dashboard.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+REQUESTS = Counter(
+    "router_requests",
+    "Requests finished, by replica that answered (or 'none'), key kind and HTTP status.",
+    ["replica", "key_kind", "status"],
+)
+ROUTE_DECISIONS = Counter(
+    "router_route_decisions",
+    "Routing decisions by key kind and outcome (home, spilled, sticky_spill, failover, no_key).",
+    ["key_kind", "outcome"],
+)
+INFLIGHT = Gauge("router_inflight_requests", "Requests in flight through this router.", ["replica"])
+HEALTHY = Gauge("router_replica_healthy", "1 if the replica takes traffic, else 0.", ["replica"])
+TTFT = Histogram(
+    "router_ttft_seconds",
+    "Request received to first upstream body byte relayed to the client.",
+    ["replica"],
+    buckets=TTFT_BUCKETS,
+)
+DURATION = Histogram(
+    "router_request_duration_seconds",
+    "Request received to response finished.",
+    buckets=DURATION_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "router_overhead_seconds",
+    "Request received to upstream request sent: the router's own cost.",
+    buckets=OVERHEAD_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "router_upstream_errors",
+    "Upstream failures by replica and kind (connect, timeout, status, stream, stale_connection).",
+    ["replica", "kind"],
+)
+
+
+@dataclass(frozen=True)
+class ReplicaScrape:
+    """What the scraper last read from one replica's /metrics."""
+
+    replica: str
+    hits_total: float
+    queries_total: float
+    hit_ratio: float | None  # over the last scrape interval; None before two scrapes
+    running: float
+    waiting: float
+    kv_cache_usage: float
+
+
+class ScrapedCollector(Collector):
+    """Exports the scraper's latest figures; `source` is set by the app that owns the scraper."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[ReplicaScrape]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        prefix = "router_replica_"
+        ratio = GaugeMetricFamily(
+            prefix + "prefix_cache_hit_ratio",
+            "Prefix-cache hit ratio over the last scrape interval (token counters' deltas).",
+            labels=["replica"],
+        )
+        hits = CounterMetricFamily(
+            prefix + "prefix_cache_hits", "Replica's prefix-cache hit tokens.", labels=["replica"]
+        )
+        queries = CounterMetricFamily(
+            prefix + "prefix_cache_queries",
+            "Replica's prefix-cache queried tokens.",
+            labels=["replica"],
+        )
+        running = GaugeMetricFamily(
+            prefix + "requests_running", "Replica's running requests.", labels=["replica"]
+        )
+        waiting = GaugeMetricFamily(
+            prefix + "requests_waiting", "Replica's waiting requests.", labels=["replica"]
+        )
+        kv = GaugeMetricFamily(
+            prefix + "kv_cache_usage", "Replica's KV-cache usage (0-1).", labels=["replica"]
+        )
+        for scrape in self.source() if self.source else ():
+            labels = [scrape.replica]
+            if scrape.hit_ratio is not None:
+                ratio.add_metric(labels, scrape.hit_ratio)
+            hits.add_metric(labels, scrape.hits_total)
+            queries.add_metric(labels, scrape.queries_total)
+            running.add_metric(labels, scrape.running)
+            waiting.add_metric(labels, scrape.waiting)
+            kv.add_metric(labels, scrape.kv_cache_usage)
+        yield from (ratio, hits, queries, running, waiting, kv)
+
+
+SCRAPED = ScrapedCollector()
+REGISTRY.register(SCRAPED)
+
+
+def forget_replica(replica: str) -> None:
+    """Drop a departed replica's per-replica series so they do not linger at their last value."""
+    for gauge in (INFLIGHT, HEALTHY):
+        with contextlib.suppress(KeyError):
+            gauge.remove(replica)
