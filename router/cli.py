@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -63,13 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             group.add_argument(
                 name,
-                type=lambda raw, n=f.name: coerce(n, raw),
+                type=_coercer(f.name),
                 choices=choices or None,
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
                 help=f"{help_text} (default: {default if default != '' else 'none'})",
             )
     return parser
+
+
+def _coercer(name: str) -> Callable[[str], Any]:
+    return lambda raw: coerce(name, raw)
 
 
 def load_config(

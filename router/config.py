@@ -281,4 +281,4 @@ def default_of(name: str) -> Any:
     f = {f.name: f for f in fields(Config)}[name]
     if f.default is not MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[operator]
