@@ -1,0 +1,156 @@
+"""Scrape each replica's vLLM /metrics (SPEC 4): prefix-cache counters, queue depth, KV usage.
+
+Fetches run concurrently; parsing runs in a worker thread, so a large exposition never holds up
+the event loop. The hit ratio is a rate: counter deltas between two scrapes, summed over the
+label sets (engines) of one replica, never the lifetime ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.metrics import ReplicaScrape
+from router.replicas import ReplicaSet
+
+log = logging.getLogger("router.scraper")
+
+# Current vLLM V1 names first; the deprecated ones are read only when the current are absent.
+QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")
+HITS = ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")
+RUNNING = ("vllm:num_requests_running",)
+WAITING = ("vllm:num_requests_waiting",)
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+VLLM_NAMES: tuple[str, ...] = tuple(
+    name + suffix
+    for names, suffix in ((QUERIES, "_total"), (HITS, "_total"))
+    for name in names
+) + RUNNING + WAITING + KV_USAGE  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VllmSample:
+    """One replica's figures at one scrape, summed over its engines."""
+
+    queries: float
+    hits: float
+    running: float
+    waiting: float
+    kv_usage: float
+
+
+def parse_vllm_metrics(text: str) -> VllmSample:
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            # The parser names counter families without `_total`; samples keep it.
+            name = sample.name.removesuffix("_total")
+            if name.endswith(("_created", "_bucket", "_sum", "_count")):
+                continue
+            sums[name] = sums.get(name, 0.0) + sample.value
+            counts[name] = counts.get(name, 0) + 1
+
+    def first(names: tuple[str, ...], average: bool = False) -> float:
+        for name in names:
+            if name in sums:
+                return sums[name] / counts[name] if average else sums[name]
+        return 0.0
+
+    return VllmSample(
+        queries=first(QUERIES),
+        hits=first(HITS),
+        running=first(RUNNING),
+        waiting=first(WAITING),
+        kv_usage=first(KV_USAGE, average=True),  # a fraction per engine: average, not sum
+    )
+
+
+@dataclass
+class ScrapeState:
+    sample: VllmSample
+    at: float  # monotonic
+    hit_ratio: float | None = None
+
+
+def interval_hit_ratio(before: VllmSample, after: VllmSample) -> float | None:
+    """Hits over queries between two scrapes; None when nothing was queried or counters reset."""
+    queries = after.queries - before.queries
+    hits = after.hits - before.hits
+    if queries <= 0 or hits < 0:
+        return None
+    return hits / queries
+
+
+class Scraper:
+    def __init__(
+        self,
+        replicas: ReplicaSet,
+        session: aiohttp.ClientSession,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self.replicas = replicas
+        self.session = session
+        self.interval = interval
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.states: dict[str, ScrapeState] = {}
+
+    async def scrape_all(self) -> None:
+        await asyncio.gather(*(self.scrape(url) for url in list(self.replicas.replicas)))
+        for url in list(self.states):  # departed replicas
+            if url not in self.replicas.replicas:
+                del self.states[url]
+
+    async def scrape(self, url: str) -> None:
+        try:
+            async with self.session.get(url + "/metrics", timeout=self.timeout) as response:
+                if response.status != 200:
+                    return
+                text = await response.text()
+            sample = await asyncio.to_thread(parse_vllm_metrics, text)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+            log.debug("scrape of %s failed: %s", url, error)
+            return
+        previous = self.states.get(url)
+        state = ScrapeState(sample, time.monotonic())
+        if previous is not None:
+            ratio = interval_hit_ratio(previous.sample, sample)
+            # Keep the last ratio through idle intervals rather than flapping to "no data".
+            state.hit_ratio = ratio if ratio is not None else previous.hit_ratio
+        self.states[url] = state
+        self.replicas.set_scraped_load(url, sample.running, sample.waiting)
+
+    def latest(self) -> Iterator[ReplicaScrape]:
+        for url, state in self.states.items():
+            s = state.sample
+            yield ReplicaScrape(
+                url, s.hits, s.queries, state.hit_ratio, s.running, s.waiting, s.kv_usage
+            )
+
+    def status(self, url: str) -> dict[str, object]:
+        state = self.states.get(url)
+        if state is None:
+            return {"last_scrape_age_s": None}
+        return {
+            "last_scrape_age_s": round(time.monotonic() - state.at, 3),
+            "prefix_cache_hit_ratio": state.hit_ratio,
+            "prefix_cache_hits_total": state.sample.hits,
+            "prefix_cache_queries_total": state.sample.queries,
+            "requests_running": state.sample.running,
+            "requests_waiting": state.sample.waiting,
+            "kv_cache_usage": state.sample.kv_usage,
+        }
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # one bad round must not end the loop
+                await self.scrape_all()
+            await asyncio.sleep(self.interval)
