@@ -1,0 +1,209 @@
+"""Build the router's aiohttp application and own its lifecycle (start, serve, drain, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from router import metrics
+from router.config import Config
+from router.keys import KeyExtractor, KeyRules
+from router.policies import key_rules_for, make_policy
+from router.proxy import ProxyHandler, ProxySettings, error_response
+from router.replicas import DnsDiscovery, HealthChecker, ReplicaSet
+from router.ring import SpillTable
+from router.scraper import Scraper
+
+log = logging.getLogger("router")
+
+CONFIG = web.AppKey("config", Config)
+REPLICAS = web.AppKey("replicas", ReplicaSet)
+SCRAPER = web.AppKey("scraper", Scraper)
+
+
+def build_replica_set(config: Config) -> ReplicaSet:
+    spill = SpillTable(config.spill_table_size, config.spill_ttl)
+    policy = make_policy(config.policy, config.vnodes, config.load_factor, spill)
+    return ReplicaSet(
+        policy,
+        load_signal=config.load_signal,
+        eject_after=config.eject_after,
+        eject_backoff=config.eject_backoff,
+        eject_backoff_max=config.eject_backoff_max,
+    )
+
+
+def key_extractor(config: Config) -> KeyExtractor:
+    rules = KeyRules(
+        session_headers=tuple(config.session_header),
+        session_header_pattern=config.session_header_pattern,
+        body_fields=tuple(config.body_key_field),
+        prefix_chars=config.prefix_chars,
+        anchor_max_chars=config.anchor_max_chars,
+    )
+    return KeyExtractor(key_rules_for(config.policy, rules))
+
+
+def build_app(config: Config) -> web.Application:
+    """The whole router as an aiohttp Application; sessions and loops start with it."""
+    app = web.Application(client_max_size=config.max_body_bytes)
+    replicas = build_replica_set(config)
+    app[CONFIG] = config
+    app[REPLICAS] = replicas
+    handler: dict[str, ProxyHandler] = {}  # filled at start-up, when the loop exists
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        return await handler["proxy"].handle(request)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        healthy = replicas.healthy_count()
+        return web.json_response(
+            {"ready": healthy > 0, "healthy_replicas": healthy, "replicas": len(replicas.replicas)},
+            status=200 if healthy else 503,
+        )
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def replica_status(request: web.Request) -> web.Response:
+        scraper = app.get(SCRAPER)
+        rows = [
+            {**row, **(scraper.status(str(row["url"])) if scraper else {})}
+            for row in replicas.status()
+        ]
+        return web.json_response({"policy": config.policy, "replicas": rows})
+
+    async def not_found(request: web.Request) -> web.Response:
+        return error_response(404, f"no route {request.method} {request.path}", "not_found_error")
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/router/replicas", replica_status)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
+    return app
+
+
+async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> AsyncIterator[None]:
+    config, replicas = app[CONFIG], app[REPLICAS]
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=config.connect_timeout, sock_read=config.idle_timeout
+    )
+    # Idle keep-alive below vLLM's 5 s, so a pooled connection is never one it is closing.
+    pooled = aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout)
+    session = aiohttp.ClientSession(connector=pooled, timeout=timeout, auto_decompress=False)
+    fresh = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        timeout=timeout,
+        auto_decompress=False,
+    )
+    settings = ProxySettings(
+        max_body_bytes=config.max_body_bytes,
+        max_attempts=config.max_attempts,
+        first_byte_timeout=config.first_byte_timeout,
+        route_headers=config.route_headers,
+        static_headers=config.static_headers,
+    )
+    handler["proxy"] = ProxyHandler(settings, replicas, key_extractor(config), session, fresh)
+    health = HealthChecker(replicas, session, config.health_interval, config.health_timeout)
+    loops: list[Coroutine[Any, Any, None]] = [health.run()]
+    if config.replicas_dns:
+        dns = DnsDiscovery(
+            replicas, config.replicas_dns, config.replicas_dns_scheme, config.dns_interval
+        )
+        await dns.refresh()
+        loops.append(dns.run())
+    else:
+        replicas.set_members(config.replica_specs)
+    await health.check_all()  # serve with real health from the first request on
+    if config.scrape_interval > 0:
+        scraper = Scraper(replicas, session, config.scrape_interval, config.scrape_timeout)
+        app[SCRAPER] = scraper
+        metrics.SCRAPED.source = scraper.latest
+        loops.append(scraper.run())
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    log.info(
+        "routing over %d replicas (%d healthy), policy %s",
+        len(replicas.replicas), replicas.healthy_count(), config.policy,
+    )  # fmt: skip
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if metrics.SCRAPED.source is getattr(app.get(SCRAPER), "latest", None):
+        metrics.SCRAPED.source = None
+    await session.close()
+    await fresh.close()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # nothing per request at info
+
+
+async def serve(config: Config) -> None:
+    """Listen until SIGTERM/SIGINT, then stop accepting and drain in-flight streams."""
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that leaves cancels its upstream request
+        shutdown_timeout=config.drain_seconds,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.drain_seconds)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on %s:%d", config.host, config.port)
+    await stop.wait()
+    started = time.monotonic()
+    log.info("draining in-flight requests for up to %.0fs", config.drain_seconds)
+    await runner.cleanup()
+    log.info("stopped after %.1fs of draining", time.monotonic() - started)
+
+
+def run(config: Config) -> None:
+    configure_logging(config.log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

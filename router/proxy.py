@@ -1,0 +1,332 @@
+"""The OpenAI-compatible surface (SPEC 3): parse once, choose, forward, relay, record.
+
+Read `ProxyHandler.handle` top to bottom to see where a request goes. Responses are relayed chunk
+by chunk as they arrive; nothing is buffered whole. Failover is "the next candidate"; a pooled
+connection that dies before any byte came back is retried once on the same replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from router import metrics
+from router.keys import KeyExtractor, RoutingKey, redact
+from router.policies import Route
+from router.replicas import ReplicaSet
+
+log = logging.getLogger("router.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    }
+)  # fmt: skip
+JSON_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+)
+RETRY_STATUSES = frozenset({502, 503})
+SSE_ERROR_PREFIX = b"event: error\ndata: "
+CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    max_body_bytes: int
+    max_attempts: int
+    first_byte_timeout: float
+    route_headers: bool
+    static_headers: Mapping[str, str]
+
+
+def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
+    """An OpenAI-style error object."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code or status}}
+    return web.json_response(body, status=status)
+
+
+class UpstreamFailure(Exception):
+    """The replica could not be used before any byte reached the client: try the next one."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.status = kind, status
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        replicas: ReplicaSet,
+        extractor: KeyExtractor,
+        session: aiohttp.ClientSession,
+        fresh_session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.replicas = replicas
+        self.extractor = extractor
+        self.session = session
+        self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
+        self.debug = log.isEnabledFor(logging.DEBUG)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
+        # --- parse once
+        body, parsed, problem = await self.read_body(request)
+        if problem is not None:
+            return self.finish(problem, "none", None, received)
+        key = self.extractor.extract(request.headers, parsed)
+        # --- choose
+        route = self.replicas.policy.route(
+            key, self.replicas.loads, time.monotonic(), self.settings.max_attempts
+        )
+        if not route.candidates:
+            reply = error_response(503, "no healthy replica", "service_unavailable")
+            reply.headers["Retry-After"] = "1"
+            return self.finish(reply, key.kind.value, None, received)
+        # --- forward, relay, record
+        return await self.forward(request, body, key, route, received)
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, Any, web.Response | None]:
+        if (
+            request.content_length is not None
+            and request.content_length > self.settings.max_body_bytes
+        ):
+            return b"", None, self.too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return b"", None, self.too_large()
+        if request.method != "POST" or not body or not self.is_json(request):
+            return body, None, None
+        try:
+            return body, json.loads(body), None
+        except (ValueError, RecursionError) as error:
+            message = f"request body is not valid JSON: {str(error)[:200]}"
+            return body, None, error_response(400, message, "invalid_request_error", "invalid_json")
+
+    def is_json(self, request: web.Request) -> bool:
+        return request.path in JSON_ROUTES or request.content_type == "application/json"
+
+    def too_large(self) -> web.Response:
+        limit = self.settings.max_body_bytes
+        return error_response(
+            413,
+            f"request body larger than {limit} bytes",
+            "invalid_request_error",
+            "body_too_large",
+        )
+
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        key: RoutingKey,
+        route: Route,
+        received: float,
+    ) -> web.StreamResponse:
+        kind = key.kind.value
+        metrics.ROUTE_DECISIONS.labels(kind, route.outcome.value).inc()
+        headers = self.upstream_headers(request.headers, key)
+        failure: UpstreamFailure | None = None
+        for attempt, url in enumerate(route.candidates):
+            if attempt:
+                metrics.ROUTE_DECISIONS.labels(kind, "failover").inc()
+            replica = self.replicas.get(url)
+            if replica is None:
+                continue
+            self.replicas.acquire(url)
+            try:
+                if attempt == 0:
+                    metrics.OVERHEAD.observe(time.perf_counter() - received)
+                upstream = await self.open(request, url, body, {**headers, **replica.headers})
+                last = attempt == len(route.candidates) - 1
+                if upstream.status in RETRY_STATUSES and not last:
+                    upstream.release()
+                    raise UpstreamFailure("status", 502, f"replica answered {upstream.status}")
+                outcome = route.outcome.value if attempt == 0 else "failover"
+                return await self.relay(request, upstream, url, kind, outcome, received)
+            except UpstreamFailure as error:
+                failure = error
+                metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
+                self.replicas.record_failure(url, time.monotonic(), str(error))
+            finally:
+                self.replicas.release(url)
+        assert failure is not None or not route.candidates
+        status = failure.status if failure else 502
+        message = f"no replica could serve the request: {failure}" if failure else "no replica"
+        reply = error_response(status, message, "upstream_error")
+        return self.finish(reply, kind, None, received)
+
+    def upstream_headers(self, incoming: CIMultiDictProxy[str], key: RoutingKey) -> dict[str, str]:
+        connection_named = {
+            token.strip().lower() for token in incoming.get("Connection", "").split(",")
+        }
+        headers = {
+            name: value
+            for name, value in incoming.items()
+            if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named
+        }
+        if not key.is_none:
+            headers["X-Session-Id"] = key.value
+        headers.update(self.settings.static_headers)
+        return headers
+
+    async def open(
+        self, request: web.Request, url: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response headers (the first byte)."""
+        target = url + request.rel_url.raw_path_qs
+        try:
+            return await self._send(self.session, request.method, target, body, headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            if isinstance(error, aiohttp.ClientConnectorError):
+                raise UpstreamFailure(
+                    "connect", 502, f"cannot connect to replica: {error}"
+                ) from error
+            # A pooled keep-alive connection the replica had just closed: same replica, fresh
+            # connection, so the conversation keeps its cache.
+            metrics.UPSTREAM_ERRORS.labels(url, "stale_connection").inc()
+            try:
+                return await self._send(self.fresh_session, request.method, target, body, headers)
+            except aiohttp.ClientError as retry_error:
+                raise UpstreamFailure(
+                    "connect", 502, f"replica dropped the request: {retry_error}"
+                ) from retry_error
+        except asyncio.TimeoutError as error:
+            raise UpstreamFailure("timeout", 504, "replica did not answer in time") from error
+        except aiohttp.ClientError as error:
+            raise UpstreamFailure("connect", 502, f"replica request failed: {error}") from error
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> aiohttp.ClientResponse:
+        return await asyncio.wait_for(
+            session.request(method, target, data=body or None, headers=headers),
+            self.settings.first_byte_timeout,
+        )
+
+    async def relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        url: str,
+        kind: str,
+        outcome: str,
+        received: float,
+    ) -> web.StreamResponse:
+        """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() not in HOP_BY_HOP:
+                response.headers.add(name, value)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        if self.settings.route_headers:
+            response.headers["x-router-replica"] = url
+            response.headers["x-router-route"] = f"{kind}/{outcome}"
+        is_sse = upstream.content_type == "text/event-stream"
+        status = upstream.status
+        try:
+            await response.prepare(request)
+            first = True
+            ends_event = True
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                if first:
+                    metrics.TTFT.labels(url).observe(time.perf_counter() - received)
+                    first = False
+                ends_event = chunk.endswith(b"\n\n")
+            await response.write_eof()
+            upstream.release()
+            self.replicas.record_success(url)
+        except (
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientConnectionError,
+            asyncio.TimeoutError,
+        ) as error:
+            upstream.close()  # the replica sees the close and aborts the request, freeing its KV
+            if request.transport is None or request.transport.is_closing():
+                self.record(url, kind, CLIENT_CLOSED, received)
+                raise  # the client left: nothing to tell it
+            metrics.UPSTREAM_ERRORS.labels(url, "stream").inc()
+            self.replicas.record_failure(
+                url, time.monotonic(), f"stream broken: {type(error).__name__}"
+            )
+            await self.end_broken_stream(request, response, is_sse, ends_event)
+            status = 502
+        except asyncio.CancelledError:
+            upstream.close()
+            self.record(url, kind, CLIENT_CLOSED, received)
+            raise
+        self.record(url, kind, status, received)
+        if self.debug:
+            self.log_request(request, url, kind, outcome, upstream.status, received)
+        return response
+
+    async def end_broken_stream(
+        self, request: web.Request, response: web.StreamResponse, is_sse: bool, ends_event: bool
+    ) -> None:
+        """Once bytes reached the client, an SSE stream ends with an error event, not a hang."""
+        if not is_sse:
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()  # a truncated body, visibly: the connection drops
+            return
+        error = {
+            "error": {"message": "upstream stream broken", "type": "upstream_error", "code": 502}
+        }
+        event = (
+            (b"" if ends_event else b"\n\n")
+            + SSE_ERROR_PREFIX
+            + json.dumps(error).encode()
+            + b"\n\n"
+        )
+        try:
+            await response.write(event)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def finish(
+        self, reply: web.Response, kind: str, url: str | None, received: float
+    ) -> web.Response:
+        self.record(url, kind, reply.status, received)
+        return reply
+
+    def record(self, url: str | None, kind: str, status: int, received: float) -> None:
+        metrics.REQUESTS.labels(url or "none", kind, str(status)).inc()
+        metrics.DURATION.observe(time.perf_counter() - received)
+
+    def log_request(
+        self, request: web.Request, url: str, kind: str, outcome: str, status: int, received: float
+    ) -> None:
+        session = request.headers.get("X-Session-Id")
+        log.debug(
+            json.dumps(
+                {
+                    "path": request.path,
+                    "replica": url,
+                    "key_kind": kind,
+                    "route": outcome,
+                    "status": status,
+                    "session": redact(session) if session else None,
+                    "duration_ms": round((time.perf_counter() - received) * 1000, 2),
+                }
+            )
+        )

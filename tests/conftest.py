@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from router.app import build_app
+from router.config import Config
+from tests.fake_upstream import Behaviour, FakeUpstream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def router_config(urls: list[str], **overrides: Any) -> Config:
+    settings: dict[str, Any] = {
+        "replica": urls,
+        "host": "127.0.0.1",
+        "health_interval": 0.5,
+        "scrape_interval": 0,
+        "first_byte_timeout": 5.0,
+        "idle_timeout": 5.0,
+    }
+    settings.update(overrides)
+    config = Config(**settings)
+    config.validate()
+    return config
+
+
+Upstreams = Callable[..., Awaitable[list[tuple[FakeUpstream, str]]]]
+
+
+@pytest.fixture
+def upstreams(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstreams:
+    """Start n fake upstreams; returns (upstream, base URL) pairs."""
+
+    async def start(n: int, **behaviour: Any) -> list[tuple[FakeUpstream, str]]:
+        started = []
+        for i in range(n):
+            fake = FakeUpstream(f"up{i}", Behaviour(**behaviour))
+            server = await aiohttp_server(fake.app())
+            started.append((fake, str(server.make_url("")).rstrip("/")))
+        return started
+
+    return start
+
+
+RouterClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def router(aiohttp_client: Callable[..., Awaitable[Any]]) -> RouterClient:
+    """An in-process router in front of the given URLs, with a test client."""
+
+    async def start(urls: list[str], **overrides: Any) -> TestClient[web.Request, web.Application]:
+        app = build_app(router_config(urls, **overrides))
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+        return client
+
+    return start
+
+
+def dead_url() -> str:
+    """A URL on which nothing listens: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def chat(session: str, turns: int = 1, stream: bool = True) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": f"Hello from {session}"},
+    ]
+    for t in range(turns - 1):
+        messages += [
+            {"role": "assistant", "content": f"answer {t}"},
+            {"role": "user", "content": f"question {t}"},
+        ]
+    return {"model": "fake-model", "messages": messages, "stream": stream}
+
+
+class RouterProcess:
+    """`python -m router` as a real process, for the tests that need signals or two routers."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, self.output()
+                try:
+                    async with session.get(self.url + "/ready") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"router not ready: {self.output()}")
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def router_process() -> Iterator[Callable[[list[str]], RouterProcess]]:
+    started: list[RouterProcess] = []
+
+    def start(args: list[str]) -> RouterProcess:
+        process = RouterProcess(args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def read_sse(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async for line in response.content:
+        yield line
