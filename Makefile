@@ -37,6 +37,7 @@ helm-check: $(DEPLOY_STAMP)
 	$(BIN)/ruff check deploy
 	$(BIN)/ruff format --check deploy
 	$(BIN)/mypy deploy/check.py
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/check.py
 
 bench-micro: $(STAMP)
