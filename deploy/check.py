@@ -153,7 +153,13 @@ def lint(report: Report, label: str, values: dict[str, Any]) -> None:
     result = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE_VERSION)
     findings = [f"{m['path']}: {m['error']}" for m in result["messages"] if m["severity"] >= 2]
     findings += result["errors"]
-    report.expect(not findings, f"helm lint --strict ({label})", "; ".join(findings))
+    report.expect(not findings, f"helm lint --strict ({label})", one_line("\n".join(findings)))
+
+
+def one_line(text: str) -> str:
+    """Helm's multi-line messages repeat themselves; keep each distinct line once."""
+    lines = [line.strip(" -;") for line in text.splitlines()]
+    return " | ".join(dict.fromkeys(line for line in lines if line))
 
 
 def render(values: dict[str, Any]) -> dict[str, str]:
@@ -171,8 +177,9 @@ def documents(manifests: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]
                 yield path, doc
 
 
-def validate_manifests(report: Report, label: str, docs: Docs) -> None:
-    checked, skipped = 0, []
+def validate_manifests(report: Report, label: str, docs: Docs) -> bool:
+    """Validate each manifest against Kubernetes' schemas; False if any is invalid."""
+    checked, skipped, valid = 0, [], True
     for path, doc in docs:
         what = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')} ({Path(path).name})"
         if str(doc.get("apiVersion", "")).startswith(CRD_GROUPS):
@@ -182,13 +189,19 @@ def validate_manifests(report: Report, label: str, docs: Docs) -> None:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
             checked += 1
         except ValidationError as error:
+            valid = False
             where = "/".join(str(p) for p in error.absolute_path)
-            report.fail(f"{label}: {what} is not valid Kubernetes {KUBE_VERSION}: {where}: {error}")
+            report.fail(
+                f"{label}: {what} is not valid Kubernetes {KUBE_VERSION}: {where}: {error.message}"
+            )
         except SchemaNotFoundError as error:
+            valid = False
             report.fail(f"{label}: {what}: {error.message}")
-    report.ok(f"{label}: {checked} manifests valid against Kubernetes {KUBE_VERSION} (strict)")
+    if valid:
+        report.ok(f"{label}: {checked} manifests valid against Kubernetes {KUBE_VERSION} (strict)")
     if skipped:
         print(f"      skipped, custom resources without a schema: {', '.join(skipped)}")
+    return valid
 
 
 def by_kind(docs: Docs, kind: str) -> list[dict[str, Any]]:
@@ -284,10 +297,11 @@ def check_chart(report: Report) -> None:
         try:
             manifests = render(overrides)
         except helm.HelmError as error:
-            report.fail(f"{label}: does not render: {error}")
+            report.fail(f"{label}: does not render: {one_line(str(error))}")
             continue
         docs = list(documents(manifests))
-        validate_manifests(report, label, docs)
+        if not validate_manifests(report, label, docs):
+            continue  # the checks below read fields that may be malformed
         check_router_pods(report, label, docs)
         if label == "default values":
             check_dashboard_config_map(report, docs)
@@ -295,8 +309,7 @@ def check_chart(report: Report) -> None:
         try:
             render(overrides)
         except helm.HelmError as error:
-            reason = str(error).strip().splitlines()[-1]
-            report.ok(f"refused as it should be: {label} ({reason.strip(' -')})")
+            report.ok(f"refused as it should be: {label} ({one_line(str(error))})")
         else:
             report.fail(f"the chart accepts values it must refuse: {label}")
 
