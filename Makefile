@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest bench-micro clean
+.PHONY: venv test lint typecheck pytest bench-micro helm-check clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,20 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Offline checks of the Helm chart and the Grafana dashboard (deploy/check.py); no cluster needed.
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench,deploy]'
+	touch $(DEPLOY_STAMP)
+
+helm-check: $(DEPLOY_STAMP)
+	$(BIN)/ruff check deploy
+	$(BIN)/ruff format --check deploy
+	$(BIN)/mypy deploy/check.py
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python deploy/check.py
 
 bench-micro: $(STAMP)
 	$(BIN)/python -m bench.micro_route
