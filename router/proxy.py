@@ -8,10 +8,12 @@ connection that dies before any byte came back is retried once on the same repli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,25 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
     """An OpenAI-style error object."""
     body = {"error": {"message": message, "type": kind, "param": None, "code": code or status}}
     return web.json_response(body, status=status)
+
+
+if sys.version_info >= (3, 11):
+    first_byte_deadline = asyncio.timeout  # a timer on this task; wait_for would add a task
+else:  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def first_byte_deadline(delay: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(delay, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError as error:
+            if handle.when() <= asyncio.get_running_loop().time():
+                raise asyncio.TimeoutError from error
+            raise
+        finally:
+            handle.cancel()
 
 
 class UpstreamFailure(Exception):
@@ -149,7 +170,12 @@ class ProxyHandler:
             try:
                 if attempt == 0:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
-                upstream = await self.open(request, url, body, {**headers, **replica.headers})
+                upstream = await self.open(
+                    request,
+                    url,
+                    body,
+                    {**headers, **replica.headers} if replica.headers else headers,
+                )
                 last = attempt == len(route.candidates) - 1
                 if upstream.status in RETRY_STATUSES and not last:
                     upstream.release()
@@ -216,10 +242,8 @@ class ProxyHandler:
         body: bytes,
         headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
-        return await asyncio.wait_for(
-            session.request(method, target, data=body or None, headers=headers),
-            self.settings.first_byte_timeout,
-        )
+        async with first_byte_deadline(self.settings.first_byte_timeout):
+            return await session.request(method, target, data=body or None, headers=headers)
 
     async def relay(
         self,
