@@ -17,22 +17,24 @@ from dataclasses import dataclass
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import vllm_names as names
 from router.metrics import ReplicaScrape
 from router.replicas import ReplicaSet
 
 log = logging.getLogger("router.scraper")
 
+# Names without `_total`: the parser's sample names are matched after stripping it.
 # Current vLLM V1 names first; the deprecated ones are read only when the current are absent.
-QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")
-HITS = ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")
-RUNNING = ("vllm:num_requests_running",)
-WAITING = ("vllm:num_requests_waiting",)
-KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-VLLM_NAMES: tuple[str, ...] = tuple(
-    name + suffix
-    for names, suffix in ((QUERIES, "_total"), (HITS, "_total"))
-    for name in names
-) + RUNNING + WAITING + KV_USAGE  # fmt: skip
+QUERIES = tuple(
+    n.removesuffix("_total")
+    for n in (names.PREFIX_CACHE_QUERIES, names.DEPRECATED_PREFIX_CACHE_QUERIES)
+)
+HITS = tuple(
+    n.removesuffix("_total") for n in (names.PREFIX_CACHE_HITS, names.DEPRECATED_PREFIX_CACHE_HITS)
+)
+RUNNING = (names.REQUESTS_RUNNING,)
+WAITING = (names.REQUESTS_WAITING,)
+KV_USAGE = (names.KV_CACHE_USAGE, names.DEPRECATED_KV_CACHE_USAGE)
 
 
 @dataclass(frozen=True)
