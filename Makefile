@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest bench-micro helm-check clean
+.PHONY: venv test lint typecheck pytest run bench-micro bench-overhead helm-check clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,19 @@ helm-check: $(DEPLOY_STAMP)
 
 bench-micro: $(STAMP)
 	$(BIN)/python -m bench.micro_route
+
+bench-overhead: $(STAMP)
+	$(BIN)/python -m bench.overhead
+
+# make run REPLICAS=http://vllm-0:8000,http://vllm-1:8000 [PORT=8000] [ARGS='--policy session']
+PORT ?= 8000
+run: $(STAMP)
+	@test -n "$(REPLICAS)" || { echo "usage: make run REPLICAS=http://host:8000,http://host2:8000 [PORT=8000] [ARGS=...]"; exit 2; }
+	@echo "router on http://127.0.0.1:$(PORT) in front of $(REPLICAS); try:"
+	@echo "  curl -N http://127.0.0.1:$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -H 'X-Session-Id: my-chat-1' -d '{\"model\": \"MODEL\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
+	@echo "  curl http://127.0.0.1:$(PORT)/router/replicas ; curl http://127.0.0.1:$(PORT)/metrics"
+	ROUTER_REPLICAS=$(REPLICAS) $(BIN)/python -m router --port $(PORT) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -38,6 +38,7 @@ class Replica:
     ejected_until: float = 0.0
     scraped_load: float = 0.0  # running + waiting, from the replica's /metrics
     last_error: str = ""
+    seen_healthy: bool = False  # a replica never seen healthy is out at its first failure
 
 
 class ReplicaSet:
@@ -132,6 +133,7 @@ class ReplicaSet:
         if replica is not None:
             replica.failures = 0
             replica.ejections = 0
+            replica.seen_healthy = True
 
     def record_failure(self, url: str, now: float, reason: str) -> None:
         """A failed request or health check; `eject_after` in a row take the replica out."""
@@ -140,7 +142,8 @@ class ReplicaSet:
             return
         replica.failures += 1
         replica.last_error = reason
-        if replica.healthy and replica.failures >= self.eject_after:
+        threshold = self.eject_after if replica.seen_healthy else 1
+        if replica.healthy and replica.failures >= threshold:
             self.eject(replica, now)
 
     def eject(self, replica: Replica, now: float) -> None:
@@ -164,6 +167,7 @@ class ReplicaSet:
             return
         if ok:
             replica.failures = 0
+            replica.seen_healthy = True
             if not replica.healthy:
                 log.warning("replica %s healthy again", url)
                 self._admit(replica)

@@ -4,10 +4,13 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
+from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
 from tests.conftest import RouterClient, Upstreams, chat, dead_url
+from tests.fake_upstream import FakeUpstream
 
 
 async def test_streaming_is_relayed_before_the_upstream_finishes(
@@ -69,11 +72,12 @@ async def test_a_session_without_headers_sticks_through_the_prefix_fallback(
 
 
 async def test_a_replica_that_refuses_connections_is_skipped(
-    upstreams: Upstreams, router: RouterClient
+    aiohttp_server: Callable[..., Awaitable[TestServer]], router: RouterClient
 ) -> None:
-    ups = await upstreams(2)
-    dead = dead_url()
-    client = await router([dead, *(u for _, u in ups)], eject_after=100)
+    servers = [await aiohttp_server(FakeUpstream(f"up{i}").app()) for i in range(3)]
+    urls = [str(s.make_url("")).rstrip("/") for s in servers]
+    client = await router(urls, eject_after=100, health_interval=60)
+    await servers[0].close()  # healthy at start-up, now refuses connections
     routes: Counter[str] = Counter()
     for session in range(30):
         response = await client.post(
@@ -81,9 +85,19 @@ async def test_a_replica_that_refuses_connections_is_skipped(
         )
         assert response.status == 200
         await response.read()
-        assert response.headers["x-router-replica"] != dead
+        assert response.headers["x-router-replica"] != urls[0]
         routes[response.headers["x-router-route"]] += 1
     assert routes["header/failover"] > 0  # some sessions had the dead replica as home
+
+
+async def test_a_replica_down_at_start_up_takes_no_traffic(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((_, url),) = await upstreams(1)
+    dead = dead_url()
+    client = await router([dead, url])
+    status = await (await client.get("/router/replicas")).json()
+    assert {r["url"]: r["healthy"] for r in status["replicas"]} == {dead: False, url: True}
 
 
 async def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(

@@ -17,6 +17,7 @@ def replica_set(**kwargs: object) -> ReplicaSet:
 
 def test_consecutive_failures_eject_and_a_good_probe_readmits() -> None:
     replicas = replica_set(eject_after=2, eject_backoff=1.0)
+    replicas.record_probe("http://a:1", ok=True, now=0)
     replicas.record_failure("http://a:1", now=0, reason="connect")
     assert "http://a:1" in replicas.loads
     replicas.record_failure("http://a:1", now=0, reason="connect")
@@ -26,6 +27,12 @@ def test_consecutive_failures_eject_and_a_good_probe_readmits() -> None:
     assert replicas.due_for_probe(a, now=1.0)
     replicas.record_probe("http://a:1", ok=True, now=1.0)
     assert "http://a:1" in replicas.loads
+
+
+def test_a_replica_never_seen_healthy_is_out_at_its_first_failure() -> None:
+    replicas = replica_set(eject_after=5)
+    replicas.record_probe("http://a:1", ok=False, now=0, reason="refused")
+    assert "http://a:1" not in replicas.loads
 
 
 def test_repeated_ejections_back_off_exponentially_up_to_the_maximum() -> None:
