@@ -52,7 +52,9 @@ EVERYTHING_ON: dict[str, Any] = {
                 {"url": "http://vllm-1.example:8000", "weight": 2, "headers": {"X-Team": "a"}},
             ],
             "upstream_header": ["Authorization=Bearer abc"],
+            "admin_port": 9090,
         },
+        "apiKeySecret": {"name": "router-api-keys", "key": "keys"},
         "extraArgs": ["--log-level", "debug"],
         "extraEnv": [{"name": "ROUTER_SPILL_TTL", "value": "60"}],
         "topologySpreadConstraints": [

@@ -41,6 +41,8 @@ def build_replica_set(config: Config) -> ReplicaSet:
         eject_after=config.eject_after,
         eject_backoff=config.eject_backoff,
         eject_backoff_max=config.eject_backoff_max,
+        outlier_ttft_factor=config.outlier_ttft_factor,
+        outlier_min_ttft=config.outlier_min_ttft,
     )
 
 
@@ -55,8 +57,12 @@ def key_extractor(config: Config) -> KeyExtractor:
     return KeyExtractor(key_rules_for(config.policy, rules))
 
 
-def build_app(config: Config) -> web.Application:
-    """The whole router as an aiohttp Application; sessions and loops start with it."""
+def build_app(config: Config, admin: bool | None = None) -> web.Application:
+    """The whole router as an aiohttp Application; sessions and loops start with it.
+
+    `admin` decides whether /metrics and /router/replicas are served here; by default they are
+    unless --admin-port moves them to `build_admin_app`.
+    """
     app = web.Application(client_max_size=config.max_body_bytes)
     replicas = build_replica_set(config)
     app[CONFIG] = config
@@ -66,6 +72,25 @@ def build_app(config: Config) -> web.Application:
     async def proxy(request: web.Request) -> web.StreamResponse:
         return await handler["proxy"].handle(request)
 
+    add_probe_routes(app, replicas)
+    if admin if admin is not None else not config.admin_port:
+        add_admin_routes(app, app)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
+    return app
+
+
+def build_admin_app(main: web.Application) -> web.Application:
+    """/metrics and /router/replicas on their own port, so they need not be public."""
+    admin = web.Application()
+    add_probe_routes(admin, main[REPLICAS])
+    add_admin_routes(admin, main)
+    admin.router.add_route("*", "/{tail:.*}", not_found)
+    return admin
+
+
+def add_probe_routes(app: web.Application, replicas: ReplicaSet) -> None:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -76,29 +101,29 @@ def build_app(config: Config) -> web.Application:
             status=200 if healthy else 503,
         )
 
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+
+
+def add_admin_routes(app: web.Application, main: web.Application) -> None:
     async def metrics_page(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def replica_status(request: web.Request) -> web.Response:
-        scraper = app.get(SCRAPER)
+        scraper = main.get(SCRAPER)
         rows = [
             {**row, **(scraper.status(str(row["url"])) if scraper else {})}
-            for row in replicas.status()
+            for row in main[REPLICAS].status()
         ]
-        return web.json_response({"policy": config.policy, "replicas": rows})
+        return web.json_response({"policy": main[CONFIG].policy, "replicas": rows})
 
-    async def not_found(request: web.Request) -> web.Response:
-        return error_response(404, f"no route {request.method} {request.path}", "not_found_error")
-
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/router/replicas", replica_status)
-    app.router.add_route("*", "/v1/{tail:.*}", proxy)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
-    return app
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"no route {request.method} {request.path}", "not_found_error")
 
 
 async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> AsyncIterator[None]:
@@ -107,7 +132,11 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         total=None, sock_connect=config.connect_timeout, sock_read=config.idle_timeout
     )
     # Idle keep-alive below vLLM's 5 s, so a pooled connection is never one it is closing.
-    pooled = aiohttp.TCPConnector(limit=0, keepalive_timeout=config.keepalive_timeout)
+    pooled = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=config.max_connections_per_replica,
+        keepalive_timeout=config.keepalive_timeout,
+    )
     session = aiohttp.ClientSession(connector=pooled, timeout=timeout, auto_decompress=False)
     fresh = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True),
@@ -120,6 +149,9 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         first_byte_timeout=config.first_byte_timeout,
         route_headers=config.route_headers,
         static_headers=config.static_headers,
+        api_keys=tuple(config.api_key),
+        max_inflight=config.max_inflight,
+        body_timeout=config.client_idle_timeout,
     )
     handler["proxy"] = ProxyHandler(settings, replicas, key_extractor(config), session, fresh)
     health = HealthChecker(replicas, session, config.health_interval, config.health_timeout)
@@ -175,27 +207,45 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # nothing per request at info
 
 
+def server_limits(config: Config) -> dict[str, Any]:
+    """What the HTTP server itself enforces on clients, before a handler runs."""
+    return {
+        "max_line_size": config.max_header_bytes,
+        "max_field_size": config.max_header_bytes,
+        "max_headers": config.max_headers,
+        # Armed when a connection opens: a client that does not finish its request in time,
+        # or idles between requests, is cut off (slow-loris).
+        "keepalive_timeout": config.client_idle_timeout,
+    }
+
+
 async def serve(config: Config) -> None:
     """Listen until SIGTERM/SIGINT, then stop accepting and drain in-flight streams."""
     app = build_app(config)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,  # a client that leaves cancels its upstream request
-        shutdown_timeout=config.drain_seconds,
-        access_log=None,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=config.drain_seconds)
-    await site.start()
+    runners = [
+        web.AppRunner(
+            app,
+            handler_cancellation=True,  # a client that leaves cancels its upstream request
+            shutdown_timeout=config.drain_seconds,
+            access_log=None,
+            **server_limits(config),
+        )
+    ]
+    if config.admin_port:
+        runners.append(web.AppRunner(build_admin_app(app), access_log=None, shutdown_timeout=1))
+    for runner, port in zip(runners, (config.port, config.admin_port), strict=False):
+        await runner.setup()
+        await web.TCPSite(runner, config.host, port, shutdown_timeout=config.drain_seconds).start()
+        log.info("listening on %s:%d", config.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening on %s:%d", config.host, config.port)
     await stop.wait()
     started = time.monotonic()
     log.info("draining in-flight requests for up to %.0fs", config.drain_seconds)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     log.info("stopped after %.1fs of draining", time.monotonic() - started)
 
 

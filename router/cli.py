@@ -24,6 +24,7 @@ GROUP_TITLES = {
     "replicas": "replicas, health checks and metrics scraping",
     "routing": "routing",
     "upstream": "upstream requests",
+    "security": "security and limits",
 }
 
 

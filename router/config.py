@@ -157,6 +157,48 @@ class Config:
         group="upstream",
     )
 
+    # --- security and limits
+    api_key: list[str] = setting(
+        "API key clients must send as 'Authorization: Bearer KEY' on /v1/* (repeatable; "
+        "ROUTER_API_KEYS takes a comma list). None: the client's Authorization goes to vLLM as is.",
+        default_factory=list,
+        group="security",
+    )
+    admin_port: int = setting(
+        "Serve /metrics and /router/replicas on this port only, not on --port (0: same port).",
+        default=0,
+        group="security",
+    )
+    max_inflight: int = setting(
+        "Most requests in flight through the router; beyond it 429 with Retry-After (0: no limit).",
+        default=4096,
+        group="security",
+    )
+    max_header_bytes: int = setting(
+        "Longest request line or header field accepted.", default=16384, group="security"
+    )
+    max_headers: int = setting("Most header fields per request.", default=100, group="security")
+    client_idle_timeout: float = setting(
+        "Seconds a client connection may sit idle or take to send its headers or body "
+        "(slow clients are cut off).",
+        default=60.0,
+        group="security",
+    )
+    max_connections_per_replica: int = setting(
+        "Most upstream connections to one replica; further requests wait (0: no limit).",
+        default=1024,
+        group="upstream",
+    )
+    outlier_ttft_factor: float = setting(
+        "Eject a replica whose average time to first token exceeds this many times the fleet's "
+        "median (0 disables).",
+        default=5.0,
+        group="replicas",
+    )
+    outlier_min_ttft: float = setting(
+        "...and exceeds this many seconds: slow, not merely slower.", default=2.0, group="replicas"
+    )
+
     @property
     def replica_specs(self) -> list[ReplicaSpec]:
         return [parse_replica(text) for text in self.replica]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import sys
@@ -49,6 +50,9 @@ class ProxySettings:
     first_byte_timeout: float
     route_headers: bool
     static_headers: Mapping[str, str]
+    api_keys: tuple[str, ...] = ()
+    max_inflight: int = 0
+    body_timeout: float = 60.0
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -58,11 +62,11 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
 
 
 if sys.version_info >= (3, 11):
-    first_byte_deadline = asyncio.timeout  # a timer on this task; wait_for would add a task
+    deadline = asyncio.timeout  # a timer on this task; wait_for would add a task
 else:  # pragma: no cover
 
     @contextlib.asynccontextmanager
-    async def first_byte_deadline(delay: float) -> AsyncIterator[None]:
+    async def deadline(delay: float) -> AsyncIterator[None]:
         task = asyncio.current_task()
         assert task is not None
         handle = asyncio.get_running_loop().call_later(delay, task.cancel)
@@ -99,9 +103,43 @@ class ProxyHandler:
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self.api_keys = tuple(key.encode() for key in settings.api_keys)
+        self.inflight = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
+        refusal = self.admission(request)
+        if refusal is not None:
+            return self.finish(refusal, "none", None, received)
+        self.inflight += 1
+        try:
+            return await self.route_and_forward(request, received)
+        finally:
+            self.inflight -= 1
+
+    def admission(self, request: web.Request) -> web.Response | None:
+        """Who may come in: a valid API key when keys are set, and room under --max-inflight."""
+        if self.api_keys and not self.authorized(request.headers.get("Authorization", "")):
+            return error_response(
+                401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
+            )
+        limit = self.settings.max_inflight
+        if limit and self.inflight >= limit:
+            reply = error_response(
+                429, "router at its in-flight limit", "rate_limit_error", "too_many_requests"
+            )
+            reply.headers["Retry-After"] = "1"
+            return reply
+        return None
+
+    def authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        offered = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # Compare against every key, always: the time taken says nothing about which key is close.
+        matches = [hmac.compare_digest(offered, key) for key in self.api_keys]
+        return any(matches)
+
+    async def route_and_forward(self, request: web.Request, received: float) -> web.StreamResponse:
         # --- parse once
         body, parsed, problem = await self.read_body(request)
         if problem is not None:
@@ -125,9 +163,16 @@ class ProxyHandler:
         ):
             return b"", None, self.too_large()
         try:
-            body = await request.read()
+            async with deadline(self.settings.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return b"", None, self.too_large()
+        except asyncio.TimeoutError:
+            return (
+                b"",
+                None,
+                error_response(408, "request body too slow", "invalid_request_error", "timeout"),
+            )
         if request.method != "POST" or not body or not self.is_json(request):
             return body, None, None
         try:
@@ -203,6 +248,8 @@ class ProxyHandler:
             for name, value in incoming.items()
             if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named
         }
+        if self.api_keys:
+            headers.pop("Authorization", None)  # the router's key is not the replicas' business
         if not key.is_none:
             headers["X-Session-Id"] = key.value
         headers.update(self.settings.static_headers)
@@ -242,7 +289,7 @@ class ProxyHandler:
         body: bytes,
         headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
-        async with first_byte_deadline(self.settings.first_byte_timeout):
+        async with deadline(self.settings.first_byte_timeout):
             return await session.request(method, target, data=body or None, headers=headers)
 
     async def relay(
@@ -273,7 +320,9 @@ class ProxyHandler:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
                 if first:
-                    metrics.TTFT.labels(url).observe(time.perf_counter() - received)
+                    ttft = time.perf_counter() - received
+                    metrics.TTFT.labels(url).observe(ttft)
+                    self.replicas.record_ttft(url, ttft, time.monotonic())
                     first = False
                 ends_event = chunk.endswith(b"\n\n")
             await response.write_eof()

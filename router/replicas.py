@@ -25,6 +25,9 @@ from router.ring import LoadTable
 
 log = logging.getLogger("router.replicas")
 
+OUTLIER_EWMA = 0.2  # weight of the newest TTFT in a replica's moving average
+OUTLIER_MIN_SAMPLES = 10  # no verdict on a replica before this many first tokens
+
 
 @dataclass
 class Replica:
@@ -39,6 +42,8 @@ class Replica:
     scraped_load: float = 0.0  # running + waiting, from the replica's /metrics
     last_error: str = ""
     seen_healthy: bool = False  # a replica never seen healthy is out at its first failure
+    ttft_average: float | None = None  # moving average of time to first token, seconds
+    ttft_samples: int = 0
 
 
 class ReplicaSet:
@@ -51,8 +56,14 @@ class ReplicaSet:
         eject_after: int = 3,
         eject_backoff: float = 2.0,
         eject_backoff_max: float = 60.0,
+        outlier_ttft_factor: float = 0.0,
+        outlier_min_ttft: float = 2.0,
     ) -> None:
         self.policy = policy
+        self.outlier_ttft_factor = outlier_ttft_factor
+        self.outlier_min_ttft = outlier_min_ttft
+        self._median_ttft = 0.0
+        self._median_at = float("-inf")
         self.load_signal = load_signal
         self.eject_after = eject_after
         self.eject_backoff = eject_backoff
@@ -146,6 +157,42 @@ class ReplicaSet:
         if replica.healthy and replica.failures >= threshold:
             self.eject(replica, now)
 
+    def record_ttft(self, url: str, seconds: float, now: float) -> None:
+        """Outlier detection: a replica far slower than the fleet's median is ejected."""
+        replica = self.replicas.get(url)
+        if replica is None or not self.outlier_ttft_factor:
+            return
+        previous = replica.ttft_average
+        replica.ttft_average = (
+            seconds if previous is None else previous + OUTLIER_EWMA * (seconds - previous)
+        )
+        replica.ttft_samples += 1
+        if (
+            replica.ttft_samples < OUTLIER_MIN_SAMPLES
+            or replica.ttft_average < self.outlier_min_ttft
+        ):
+            return
+        if now - self._median_at > 1.0:  # the median moves slowly: recompute once a second
+            averages = sorted(
+                r.ttft_average
+                for r in self.replicas.values()
+                if r.healthy
+                and r.ttft_average is not None
+                and r.ttft_samples >= OUTLIER_MIN_SAMPLES
+            )
+            self._median_ttft = averages[len(averages) // 2] if len(averages) >= 3 else 0.0
+            self._median_at = now
+        if (
+            self._median_ttft
+            and replica.ttft_average > self.outlier_ttft_factor * self._median_ttft
+        ):
+            replica.last_error = (
+                f"slow: time to first token {replica.ttft_average:.2f}s, fleet median "
+                f"{self._median_ttft:.2f}s"
+            )
+            if replica.healthy:
+                self.eject(replica, now)
+
     def eject(self, replica: Replica, now: float) -> None:
         backoff = min(self.eject_backoff * 2**replica.ejections, self.eject_backoff_max)
         replica.ejections += 1
@@ -176,6 +223,7 @@ class ReplicaSet:
 
     def _admit(self, replica: Replica) -> None:
         replica.healthy = True
+        replica.ttft_average, replica.ttft_samples = None, 0  # a fresh start after ejection
         self.loads.set(replica.url, self._load_of(replica))
         metrics.HEALTHY.labels(replica.url).set(1)
         metrics.INFLIGHT.labels(replica.url).set(replica.inflight)
@@ -194,6 +242,7 @@ class ReplicaSet:
                 if not r.healthy
                 else 0.0,
                 "last_error": r.last_error,
+                "ttft_average_s": None if r.ttft_average is None else round(r.ttft_average, 4),
             }
             for r in self.replicas.values()
         ]
