@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,11 @@ def test_help_documents_every_setting() -> None:
     for name in Config.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in text
         assert "ROUTER_" + name.upper() in text
+
+
+def test_readme_documents_every_flag() -> None:
+    readme = open(
+        os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8"
+    ).read()
+    missing = [f for f in Config.__dataclass_fields__ if "--" + f.replace("_", "-") not in readme]
+    assert not missing
