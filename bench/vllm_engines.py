@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-port", type=int, default=8101)
     parser.add_argument("--cores", default=None, help="comma-separated cores, e.g. 0,1")
     parser.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR)
+    parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
     config = EngineConfig(
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         base_port=args.base_port,
         cores=tuple(int(core) for core in args.cores.split(",")) if args.cores else None,
         log_dir=args.log_dir,
+        dtype=args.dtype,
         startup_timeout_s=args.startup_timeout,
     )
     # SIGTERM to this CLI stops the engines the same way Ctrl-C does.
