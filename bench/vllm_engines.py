@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         dtype=args.dtype,
         startup_timeout_s=args.startup_timeout,
     )
-    # SIGTERM to this CLI stops the engines the same way Ctrl-C does.
+    # Ctrl-C and SIGTERM both stop the engines (even when started with SIGINT ignored, as `&` does).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
             print("an engine exited; stopping the others", file=sys.stderr)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
+    except EngineStartError as error:
+        sys.exit(f"could not start engines: {error}")
 
 
 if __name__ == "__main__":
