@@ -136,19 +136,21 @@ def summarise_policy(
     )
     queries = sum(d.queries for d in deltas.values())
     hits = sum(d.hits for d in deltas.values())
+    hit_ratio: float | None = client_hit
+    hit_source = "usage.prompt_tokens_details.cached_tokens"
     if queries > 0:
         hit_ratio, hit_source = hits / queries, "replica /metrics counters"
-    else:
-        hit_ratio, hit_source = client_hit, "usage.prompt_tokens_details.cached_tokens"
     ideal = (
         ideal_cached_tokens(done, shared_prefix_tokens) / prompt_tokens if prompt_tokens else None
     )
 
     served = Counter(str(r["replica"]) for r in done if r.get("replica"))
+    load_by_replica: dict[str, float]
     if served:
         names = list(replicas) if replicas and set(served) <= set(replicas) else sorted(served)
         load_values = [float(served.get(name, 0)) for name in names]
-        load_source, load_by_replica = "x-router-replica header (requests)", dict(served)
+        load_source = "x-router-replica header (requests)"
+        load_by_replica = {name: float(count) for name, count in served.items()}
     else:
         names = sorted(deltas)
         load_values = [deltas[name].prompt_tokens for name in names]

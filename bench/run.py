@@ -1,7 +1,7 @@
 """The main benchmark: one seeded chat workload through the router once per policy (SPEC 8).
 
     python -m bench.run                        # 4 CPU mock replicas, 4 policies, ~6 min
-    python -m bench.run --quick                # smoke size: 2 mocks, small workload, ~15 s/policy
+    python -m bench.run --quick                # smoke size: 2 mocks, small workload, ~1 min
     python -m bench.run --replicas http://gpu-0:8000,http://gpu-1:8000   # real vLLM servers
     python -m bench.run --router-url http://router.example:8000 --replicas ...  # a deployed router
     python -m bench.run --router-cmd 'other=other-router --port {port} {replica_args}'
@@ -59,10 +59,11 @@ class Size:
     workload: Workload
 
 
-# Full size: 48 users on 4 H100-profile mocks. A session grows to ~230 blocks; each mock holds
-# 4,000 (its share of ~12 live sessions plus a few finished ones, not all 48: caching matters).
+# Full size: 96 users on 4 H100-profile mocks. A session grows to ~230 blocks of 16 tokens; each
+# mock holds 7,000: its share of the ~96 live sessions (24, ~5,500 blocks) plus a few finished
+# ones, but not all of them (~22,000), so a policy that scatters sessions loses its prefixes.
 FULL = Size(
-    mocks=4, kv_blocks=4000, speed=1.0, users=48, spawn_rate=8, duration=75, workload=Workload()
+    mocks=4, kv_blocks=7000, speed=1.0, users=96, spawn_rate=16, duration=75, workload=Workload()
 )
 QUICK = Size(
     mocks=2,
@@ -70,7 +71,7 @@ QUICK = Size(
     speed=1.0,
     users=8,
     spawn_rate=8,
-    duration=12,
+    duration=10,
     workload=Workload(
         system_tokens=200,
         context_tokens=800,
@@ -112,7 +113,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--mock-replicas", type=int, help="CPU mocks to start (full 4, quick 2)")
     g.add_argument("--mock-profile", default="llama-3-8b-h100", help="mock timing profile")
     g.add_argument("--mock-speed", type=float, help="mock --speed (1.0: real H100 time)")
-    g.add_argument("--mock-kv-blocks", type=int, help="mock KV capacity in blocks (full 4000)")
+    g.add_argument("--mock-kv-blocks", type=int, help="mock KV capacity in blocks (full 7000)")
     g = p.add_argument_group("targets")
     g.add_argument(
         "--policies",
@@ -141,9 +142,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra flag for this router (repeat): --router-arg=--load-factor=1.5",
     )
     g = p.add_argument_group("load")
-    g.add_argument("--users", type=int, help="concurrent chat users (locust -u; full 48)")
+    g.add_argument("--users", type=int, help="concurrent chat users (locust -u; full 96)")
     g.add_argument("--spawn-rate", type=float, help="users started per second (locust -r)")
-    g.add_argument("--duration", type=float, help="seconds per target (full 75, quick 12)")
+    g.add_argument("--duration", type=float, help="seconds per target (full 75, quick 10)")
     g = p.add_argument_group("workload (see bench/workload.py)")
     g.add_argument("--workload-seed", type=int)
     g.add_argument("--system-tokens", type=int, help="shared system prompt (words ~ tokens)")
