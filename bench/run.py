@@ -268,13 +268,16 @@ def processes() -> Iterator[Processes]:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwind through the finally below
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGINT too: a shell without job control starts background commands with it ignored.
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield procs
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut cleanup short
+        for sig in previous:  # a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def free_port() -> int:
@@ -661,3 +664,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as exc:  # a process or endpoint that failed; the details are in its log
+        print(f"bench failed: {exc}; everything started was stopped", file=sys.stderr)
+        sys.exit(1)
