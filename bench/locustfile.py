@@ -146,12 +146,13 @@ class Recorder:
 
 # Locust's hooks are module-level events, so the process-wide pieces live here.
 RECORDER = Recorder()
-USER_NUMBERS = itertools.count()  # user i gets i: spawn order is deterministic
+USER_NUMBERS = [itertools.count()]  # user i gets i: spawn order is deterministic
 MODEL_NAME: dict[str, str] = {}
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
+    USER_NUMBERS[0] = itertools.count()  # a new test in the web UI replays the same users
     if environment.parsed_options is not None:
         RECORDER.open(str(environment.parsed_options.records or ""))
 
@@ -195,7 +196,7 @@ class ChatUser(HttpUser):
         self.workload = _workload(options)
         self.header = None if _truthy(options.no_session_header) else str(options.session_header)
         self.model = str(options.model) or self._discover_model()
-        self.number = next(USER_NUMBERS)
+        self.number = next(USER_NUMBERS[0])
         self.sessions = itertools.count()
         self.conversation = self._new_conversation()
         self.pause = 0.0
