@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest run bench bench-quick bench-micro bench-overhead helm-check clean vllm-cpu test-vllm
+.PHONY: venv test lint typecheck pytest run bench bench-quick bench-micro bench-overhead helm-check clean vllm-cpu test-vllm bench-vllm
 
 venv: $(STAMP)
 
@@ -93,6 +93,10 @@ $(VLLM_STAMP):
 $(MODELS)/%/.built: bench/tiny_model.py $(VLLM_STAMP)
 	$(VLLM_BIN)/python bench/tiny_model.py --size $* --out $(MODELS)/$*
 	touch $@
+
+# The benchmark over two real vLLM CPU engines, then the mock beside it (bench/real_cpu.py).
+bench-vllm: $(STAMP) vllm-cpu
+	$(BIN)/python -m bench.run --real-vllm-cpu $(BENCH_ARGS)
 
 test-vllm: $(STAMP) vllm-cpu
 	VLLM_REQUIRED=1 $(BIN)/pytest -m vllm tests/vllm -q

@@ -99,6 +99,12 @@ def _add_arguments(parser: Any) -> None:
         env_var="BENCH_MODEL",
         help="model name; empty: the first id of GET /v1/models",
     )
+    add(
+        "--extra-body",
+        default="",
+        env_var="BENCH_EXTRA_BODY",
+        help='JSON merged into every request body, e.g. {"temperature": 0}',
+    )
     add("--records", default="", env_var="BENCH_RECORDS",
         help="write one JSON line per request to this file", include_in_web_ui=False)  # fmt: skip
 
@@ -196,6 +202,7 @@ class ChatUser(HttpUser):
         self.workload = _workload(options)
         self.header = None if _truthy(options.no_session_header) else str(options.session_header)
         self.model = str(options.model) or self._discover_model()
+        self.extra_body = json.loads(options.extra_body) if options.extra_body else {}
         self.number = next(USER_NUMBERS[0])
         self.sessions = itertools.count()
         self.conversation = self._new_conversation()
@@ -233,6 +240,7 @@ class ChatUser(HttpUser):
             "max_tokens": self.workload.answer_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **self.extra_body,
         }
         started_at = time.time()
         result, replica, route = self._stream(body, headers, conv.turn)

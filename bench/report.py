@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BLOCK_SIZE = 16  # vLLM's default KV block size; hits are counted in whole blocks
+BLOCK_SIZE = 16  # vLLM's default KV block size; the runner reads the replicas' own
 
 IDEAL_METHOD = (
     "Ideal hit ratio: what one replica with an unlimited prefix cache would hit on the same "
@@ -21,8 +21,9 @@ IDEAL_METHOD = (
     "answer, so the next prompt extends it; prompt_tokens + completion_tokens from usage); any "
     "first turn except the run's very first can reuse the system prompt prefix shared by every "
     "session (measured once by a probe: two requests that differ after the system prompt, the "
-    "second's cached tokens). Both are counted in whole 16-token blocks, and never more than "
-    "(prompt_tokens - 1) // 16 * 16, since vLLM recomputes the last prompt token. Sum over the "
+    "second's cached tokens). Both are counted in whole KV blocks (the replicas' block size), "
+    "never more than (prompt_tokens - 1) rounded down to a block, since vLLM recomputes the last "
+    "prompt token. Sum over the "
     "completed requests of that, divided by the sum of their prompt tokens. Counting the answer's "
     "last token makes this an upper bound (vLLM keeps KV for all but the last sampled token)."
 )
@@ -62,11 +63,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _whole_blocks(tokens: int) -> int:
-    return tokens // BLOCK_SIZE * BLOCK_SIZE
-
-
-def ideal_cached_tokens(records: Iterable[Mapping[str, Any]], shared_prefix_tokens: int) -> int:
+def ideal_cached_tokens(
+    records: Iterable[Mapping[str, Any]], shared_prefix_tokens: int, block_size: int = BLOCK_SIZE
+) -> int:
     """Cached tokens of a single replica with unlimited cache on these requests (IDEAL_METHOD)."""
     done = [r for r in records if ok(r) and r.get("prompt_tokens") is not None]
     by_key = {(r["session_id"], r["turn"]): r for r in done}
@@ -79,7 +78,7 @@ def ideal_cached_tokens(records: Iterable[Mapping[str, Any]], shared_prefix_toke
         if previous is not None and previous.get("completion_tokens") is not None:
             extended = int(previous["prompt_tokens"]) + int(previous["completion_tokens"])
             reusable = max(reusable, extended)
-        total += min(_whole_blocks(reusable), _whole_blocks(prompt - 1))
+        total += min(reusable, prompt - 1) // block_size * block_size
     return total
 
 
@@ -114,6 +113,7 @@ def summarise_policy(
     deltas: Mapping[str, ReplicaCounters],
     replicas: Sequence[str],
     shared_prefix_tokens: int,
+    block_size: int = BLOCK_SIZE,
 ) -> dict[str, Any]:
     """The per-policy figures of summary.json."""
     done = [r for r in records if ok(r)]
@@ -141,7 +141,9 @@ def summarise_policy(
     if queries > 0:
         hit_ratio, hit_source = hits / queries, "replica /metrics counters"
     ideal = (
-        ideal_cached_tokens(done, shared_prefix_tokens) / prompt_tokens if prompt_tokens else None
+        ideal_cached_tokens(done, shared_prefix_tokens, block_size) / prompt_tokens
+        if prompt_tokens
+        else None
     )
 
     served = Counter(str(r["replica"]) for r in done if r.get("replica"))

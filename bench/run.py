@@ -155,6 +155,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--think-time", type=float, help="mean pause between turns (s)")
     g.add_argument("--session-header", default="X-Session-Id", help="header with the session id")
     g.add_argument("--model", default="", help="model name (default: first of /v1/models)")
+    g.add_argument(
+        "--extra-body", default="", help='JSON merged into every request, e.g. {"temperature": 0}'
+    )
+    p.add_argument(
+        "--real-vllm-cpu",
+        action="store_true",
+        help="start two real vLLM CPU engines (make vllm-cpu) as the replicas, then run the same "
+        "workload on two CPU mocks with the fitted small-cpu profile and compare them "
+        "(bench/real_cpu.py)",
+    )
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="parent of the run folder")
     return p.parse_args(argv)
 
@@ -341,6 +351,17 @@ def counters(replica: str) -> ReplicaCounters:
     )
 
 
+def block_size_of(replica: str) -> int:
+    """The replica's KV block size from vllm:cache_config_info (16, vLLM's default, if absent)."""
+    with suppress(OSError, ValueError):
+        for family in text_string_to_metric_families(http("GET", replica + "/metrics")[1].decode()):
+            if family.name == "vllm:cache_config_info":
+                for sample in family.samples:
+                    if "block_size" in sample.labels:
+                        return int(sample.labels["block_size"])
+    return report.BLOCK_SIZE
+
+
 def snapshot(replicas: Sequence[str]) -> dict[str, ReplicaCounters]:
     return {replica: counters(replica) for replica in replicas}
 
@@ -510,6 +531,8 @@ def locust_command(
     ]
     if args.model:
         cmd += ["--model", args.model]
+    if args.extra_body:
+        cmd += ["--extra-body", args.extra_body]
     if target.session_header:
         cmd += ["--session-header", args.session_header]
     else:
@@ -582,14 +605,27 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = "python -m bench.run " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    if args.real_vllm_cpu:
+        from bench import real_cpu
+
+        real_cpu.run(args, command)
+        return 0
+    folder, summary = run(args, command)
+    print(report.table(summary["policies"]))
+    print(f"\n{folder} ({summary['elapsed_s']} s)")
+    return 0
+
+
+def run(args: argparse.Namespace, command: str, setup: str = "") -> tuple[Path, dict[str, Any]]:
+    """Measure every target once; write the run folder; returns it and its summary."""
     size = size_of(args)
     targets = targets_of(args)
     started = datetime.now(timezone.utc)
     folder = args.results_dir / started.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
-    command = "python -m bench.run " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
     clock = time.monotonic()
     results: list[Measured] = []
     with processes() as procs:
@@ -603,6 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             replicas = start_mocks(procs, size, args.mock_profile, folder)
         probe_base = replicas[0] if replicas else (targets[0].url or "")
+        block_size = block_size_of(replicas[0]) if replicas else report.BLOCK_SIZE
         shared_prefix = 0
         if probe_base:
             model = model_name(probe_base, args.model)
@@ -614,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = {}
     for m in results:
         m.summary = report.summarise_policy(
-            m.records, size.duration, m.deltas, replicas, shared_prefix
+            m.records, size.duration, m.deltas, replicas, shared_prefix, block_size
         )
         m.summary["cache_reset"] = m.cache_reset
         m.summary["session_header"] = args.session_header if m.target.session_header else None
@@ -639,10 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "replica_setup": (
             f"{size.mocks} CPU mock replicas (`bench.mock_vllm`): profile {args.mock_profile}, "
-            f"speed {size.speed}, {size.kv_blocks} KV blocks of 16 tokens each."
+            f"speed {size.speed}, {size.kv_blocks} KV blocks of {block_size} tokens each."
             if mocks
-            else "External vLLM replicas."
+            else setup or "External vLLM replicas."
         ),
+        "block_size": block_size,
         "shared_prefix_tokens": shared_prefix,
         "ideal_method": report.IDEAL_METHOD,
     }
@@ -653,9 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(folder.name)
-    print(report.table(policies))
-    print(f"\n{folder} ({summary['elapsed_s']} s)")
-    return 0
+    return folder, summary
 
 
 if __name__ == "__main__":

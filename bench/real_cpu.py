@@ -1,0 +1,192 @@
+"""The benchmark over two real vLLM CPU engines, and the CPU mock beside it (make bench-vllm).
+
+    python -m bench.run --real-vllm-cpu [workload and load flags]
+
+1. Start two real engines (`bench.vllm_engines`: the 12.7M-parameter `small` model, one per core)
+   in float32: this CPU lacks bf16 instructions, so float32 prefill is ~3.5x faster
+   (docs/real-vllm-cpu.md).
+2. Run the seeded workload through the router for session, round_robin and least_loaded.
+3. Run the same conversations on two CPU mocks with the `small-cpu` profile (fitted to this
+   engine) and the engines' KV capacity. The mock's tokenizer counts about one token a word where
+   the engine's BPE counts several, so the mock's word counts are scaled by the measured ratio:
+   both see the same prompt tokens.
+4. Write comparison.md into the real run's folder: hit ratios, TTFT percentiles and the
+   session/round_robin ratios side by side, with the mock's relative difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import run as runner
+from bench.mock_vllm.tokenizer import encode, render_chat
+from bench.vllm_engines import EngineConfig, running_engines, visible_logit_bias
+from bench.workload import Workload, system_prompt, user_message
+
+# Sized for the engines' 2048-token context: turn 5 reaches ~1,100 tokens.
+REAL_CPU = runner.Size(
+    mocks=2,
+    kv_blocks=0,  # read from the engines
+    speed=1.0,
+    users=6,
+    spawn_rate=6,
+    duration=60,
+    workload=Workload(
+        system_tokens=40,
+        context_tokens=150,
+        followup_tokens=8,
+        answer_tokens=24,
+        turns=5,
+        think_time=0.5,
+    ),
+)
+POLICIES = "session,round_robin,least_loaded"
+COMPARED = (
+    ("hit_ratio", "cluster hit ratio"),
+    ("ideal_hit_ratio", "ideal hit ratio"),
+    ("first_turn_ttft_p50_ms", "first-turn TTFT p50 (ms)"),
+    ("later_turns_ttft_p50_ms", "later-turn TTFT p50 (ms)"),
+    ("later_turns_ttft_p90_ms", "later-turn TTFT p90 (ms)"),
+    ("ttft_p50_ms", "TTFT p50, all turns (ms)"),
+    ("requests", "requests"),
+)
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """REAL_CPU's sizes wherever the command line left a knob unset."""
+    w = REAL_CPU.workload
+    defaults = {
+        "users": REAL_CPU.users, "spawn_rate": REAL_CPU.spawn_rate,
+        "duration": REAL_CPU.duration, "system_tokens": w.system_tokens,
+        "context_tokens": w.context_tokens, "followup_tokens": w.followup_tokens,
+        "answer_tokens": w.answer_tokens, "turns": w.turns, "think_time": w.think_time,
+        "policies": POLICIES,
+    }  # fmt: skip
+    values = vars(args).copy()
+    for name, value in defaults.items():
+        if values.get(name) is None:
+            values[name] = value
+    return argparse.Namespace(**values)
+
+
+def engine_tokens(url: str, model: str, text: str) -> int:
+    status, body = runner.http("POST", url + "/tokenize", {"model": model, "prompt": text})
+    if status != 200:
+        raise RuntimeError(f"{url}/tokenize: HTTP {status}")
+    return int(json.loads(body)["count"])
+
+
+def tokens_per_mock_token(url: str, model: str, workload: Workload) -> float:
+    """How many engine tokens one mock token stands for, on this workload's own text."""
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": system_prompt(workload)},
+        {"role": "user", "content": user_message(workload, 0, 0, 1)},
+        {"role": "user", "content": user_message(workload, 0, 0, 2)},
+    ]
+    text = "\n".join(str(m["content"]) for m in messages)
+    return engine_tokens(url, model, text) / len(encode(render_chat(messages)))
+
+
+def num_gpu_blocks(url: str) -> int:
+    _, body = runner.http("GET", url + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("vllm:cache_config_info{"):
+            return int(line.split('num_gpu_blocks="')[1].split('"')[0])
+    raise RuntimeError(f"{url}/metrics has no vllm:cache_config_info")
+
+
+def run(args: argparse.Namespace, command: str) -> None:
+    args = with_defaults(args)
+    config = EngineConfig(model="small", count=2, dtype="float32", base_port=runner.free_port())
+    with running_engines(config) as fleet:
+        model = config.name
+        scale = tokens_per_mock_token(fleet.urls[0], model, runner.size_of(args).workload)
+        blocks = num_gpu_blocks(fleet.urls[0])
+        bias = visible_logit_bias(config)
+        real_args = replace_args(
+            args, replicas=",".join(fleet.urls), model=model,
+            extra_body=json.dumps({"temperature": 0.0, "logit_bias": bias}),
+        )  # fmt: skip
+        setup = (
+            f"2 real vLLM CPU engines (vllm-cpu 0.32.0, `small` 12.7M-parameter Llama, float32, "
+            f"block size 32, {blocks} KV blocks each, one core each)"
+        )
+        real_folder, real = runner.run(real_args, command, setup)
+    print(runner.report.table(real["policies"]))
+    w = runner.size_of(args).workload
+    mock_args = replace_args(
+        args,
+        replicas="",
+        model="",
+        extra_body="",
+        mock_replicas=2,
+        mock_profile="small-cpu",
+        mock_speed=1.0,
+        mock_kv_blocks=blocks,
+        system_tokens=round(w.system_tokens * scale),
+        context_tokens=round(w.context_tokens * scale),
+        followup_tokens=round(w.followup_tokens * scale),
+    )
+    mock_folder, mock = runner.run(
+        mock_args, command + "  # mock side, scaled by " + f"{scale:.2f}"
+    )
+    text = comparison(real, mock, scale, mock_folder)
+    (real_folder / "comparison.md").write_text(text, encoding="utf-8")
+    (real_folder / "mock-summary.json").write_text(
+        json.dumps(mock, indent=2) + "\n", encoding="utf-8"
+    )
+    print(text)
+    print(f"\n{real_folder} (real) and {mock_folder} (mock)")
+
+
+def replace_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def _relative(real: float | None, mock: float | None) -> str:
+    if real in (None, 0) or mock is None:
+        return "-"
+    return f"{(mock - real) / real:+.0%}"
+
+
+def comparison(real: dict[str, Any], mock: dict[str, Any], scale: float, mock_folder: Path) -> str:
+    lines = [
+        "# Real vLLM CPU engines vs the CPU mock (small-cpu profile)",
+        "",
+        f"Real: {real['replica_setup']} Mock: {mock['replica_setup']} The mock's word counts "
+        f"were scaled by {scale:.2f} so both see the same prompt tokens (prompt tokens per "
+        "request below). Mock run: " + str(mock_folder),
+        "",
+        "| policy | figure | real | mock | mock vs real |",
+        "|---|---|---|---|---|",
+    ]
+    for policy, figures in real["policies"].items():
+        other = mock["policies"].get(policy, {})
+        for key, label in COMPARED:
+            a, b = figures.get(key), other.get(key)
+            lines.append(f"| {policy} | {label} | {a} | {b} | {_relative(a, b)} |")
+        per_req = [
+            s["prompt_tokens"] / s["requests"] if s.get("requests") else None
+            for s in (figures, other)
+        ]
+        lines.append(
+            f"| {policy} | prompt tokens per request | {per_req[0] and round(per_req[0])} | "
+            f"{per_req[1] and round(per_req[1])} | {_relative(per_req[0], per_req[1])} |"
+        )
+    lines += ["", "Session against round_robin, the figures the product's claim rests on:", ""]
+    lines += ["| ratio | real | mock | mock vs real |", "|---|---|---|---|"]
+    for key, label in (
+        ("later_turns_ttft_p50_ms", "round_robin / session, later-turn TTFT p50"),
+        ("ttft_p50_ms", "round_robin / session, TTFT p50"),
+        ("hit_ratio", "session / round_robin, hit ratio"),
+    ):
+        ratios = []
+        for side in (real, mock):
+            s, r = side["policies"].get("session", {}), side["policies"].get("round_robin", {})
+            num, den = (r.get(key), s.get(key)) if "ttft" in key else (s.get(key), r.get(key))
+            ratios.append(round(num / den, 2) if num and den else None)
+        lines.append(f"| {label} | {ratios[0]} | {ratios[1]} | {_relative(ratios[0], ratios[1])} |")
+    return "\n".join(lines) + "\n"
