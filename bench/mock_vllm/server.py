@@ -112,6 +112,9 @@ async def completions(http: web.Request) -> web.StreamResponse:
 async def _generate(
     http: web.Request, replica: Replica, parsed: GenerationRequest
 ) -> web.StreamResponse:
+    overhead = replica.engine.scheduler.profile.request_overhead / replica.engine.speed
+    if overhead:
+        await asyncio.sleep(overhead)  # the API server's own work before the engine sees it
     try:
         seq = _sequence(replica.options, parsed)
         request = replica.engine.submit(seq)

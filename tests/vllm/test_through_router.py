@@ -24,8 +24,8 @@ BLOCK = 32  # the engines' --block-size
 
 
 def opening(session: str) -> list[dict[str, Any]]:
-    # ~600 tokens of context, different per session: the engines cache it per conversation.
-    words = " ".join(f"{session}-{i % 97} fact{i}" for i in range(220))
+    # ~500 tokens of context, different per session: the engines cache it per conversation.
+    words = " ".join(f"{session}-{i % 97} fact{i}" for i in range(60))
     return [
         {"role": "system", "content": "You answer questions about the notes below."},
         {"role": "user", "content": f"Notes: {words}\nWhat is the first fact?"},
