@@ -14,6 +14,9 @@ one JSON line.
 
     .venv/bin/python -m bench.fit_cpu_profile --model small            # starts its own engine
     .venv/bin/python -m bench.fit_cpu_profile --url http://127.0.0.1:8101 --model small
+
+On a GPU (bench/gpu/host.py) the same fit runs against a real engine with larger sizes, e.g.
+``--prefill-targets 256,1024,2048,4096,8000 --decode-batches 1,8,32 --decode-contexts 256,4096``.
 """
 
 from __future__ import annotations
@@ -93,18 +96,20 @@ class DecodePoint:
     inter_token_s: float  # median
 
 
-def measure_prefill(client: Client, repeats: int) -> list[PrefillPoint]:
+def measure_prefill(
+    client: Client, repeats: int, targets: Sequence[int] = PREFILL_TARGETS
+) -> list[PrefillPoint]:
     """Median TTFT per target size, uncached (fresh text) and fully cached (same text again)."""
-    uncached: dict[int, list[StreamResult]] = {target: [] for target in PREFILL_TARGETS}
-    cached: dict[int, list[StreamResult]] = {target: [] for target in PREFILL_TARGETS}
+    uncached: dict[int, list[StreamResult]] = {target: [] for target in targets}
+    cached: dict[int, list[StreamResult]] = {target: [] for target in targets}
     for _ in range(repeats):
         # Sizes shuffled in every round, so slow drift does not line up with prompt length.
-        for target in random.sample(PREFILL_TARGETS, len(PREFILL_TARGETS)):
+        for target in random.sample(list(targets), len(targets)):
             text = client.fresh_prompt(target)
             uncached[target].append(client.chat(text, max_tokens=1))
             cached[target].append(client.chat(text, max_tokens=1))
     points = []
-    for target in PREFILL_TARGETS:
+    for target in targets:
         for results in (uncached[target], cached[target]):
             prompt = round(statistics.median(r.prompt_tokens for r in results))
             hit = round(statistics.median(r.cached_tokens for r in results))
@@ -113,11 +118,16 @@ def measure_prefill(client: Client, repeats: int) -> list[PrefillPoint]:
     return points
 
 
-def measure_decode(client: Client, repeats: int) -> list[DecodePoint]:
-    """Median inter-token time with 1, 4 and 8 sequences decoding together, at two contexts."""
+def measure_decode(
+    client: Client,
+    repeats: int,
+    batches: Sequence[int] = DECODE_BATCHES,
+    contexts: Sequence[int] = DECODE_CONTEXTS,
+) -> list[DecodePoint]:
+    """Median inter-token time with ``batches`` sequences decoding together, at ``contexts``."""
     points = []
-    for context in DECODE_CONTEXTS:
-        for sequences in DECODE_BATCHES:
+    for context in contexts:
+        for sequences in batches:
             gaps: list[float] = []
             prompt_tokens: list[int] = []
             for _ in range(repeats):
@@ -230,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--log-dir", type=Path, default=Path("bench/results/vllm-logs"))
+    parser.add_argument("--prefill-targets", type=_ints, default=PREFILL_TARGETS)
+    parser.add_argument("--decode-batches", type=_ints, default=DECODE_BATCHES)
+    parser.add_argument("--decode-contexts", type=_ints, default=DECODE_CONTEXTS)
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the fit here")
     args = parser.parse_args(argv)
 
     with engine_url(args) as (url, config):
@@ -242,15 +256,24 @@ def main(argv: list[str] | None = None) -> None:
             client.chat(client.fresh_prompt(256), max_tokens=8)
         client.calibrate()
         started = time.monotonic()
-        prefill = measure_prefill(client, args.repeats)
-        decode = measure_decode(client, args.decode_repeats)
+        prefill = measure_prefill(client, args.repeats, args.prefill_targets)
+        decode = measure_decode(
+            client, args.decode_repeats, args.decode_batches, args.decode_contexts
+        )
         took = time.monotonic() - started
     params = fit(prefill, decode)
     print(f"model {args.model} at {url}; measured in {took:.0f}s", file=sys.stderr)
     print_table(prefill, decode, params)
     for name, value in params.items():
         print(f"{name:>18} = {value * 1e3:9.4f} ms")
-    print(json.dumps({"model": args.model, "dtype": args.dtype, "unit": "seconds", **params}))
+    result = {"model": args.model, "dtype": args.dtype, "url": url, "unit": "seconds", **params}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Runs inside .venv-vllm (it needs torch, transformers and tokenizers):
 
     .venv-vllm/bin/python bench/tiny_model.py --size small --out .models/small
+    python3 bench/tiny_model.py --size gpu-1b --out .models/gpu-1b    # on a GPU host (docs/gpu.md)
 
 The weights are random, so answers are gibberish; prefill cost and the prefix cache are real.
 Besides the usual Hugging Face files, the folder gets ``banned_token_ids.json``: the ids that
@@ -42,6 +43,7 @@ class ModelSize:
     heads: int
     kv_heads: int
     intermediate: int
+    max_positions: int = 2048
 
 
 SIZES: dict[str, ModelSize] = {
@@ -49,6 +51,11 @@ SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(hidden=256, layers=2, heads=4, kv_heads=2, intermediate=512),
     # ~12.7M parameters: timing, where the prefill cost stands out of the noise.
     "small": ModelSize(hidden=512, layers=4, heads=8, kv_heads=4, intermediate=1376),
+    # ~0.97B parameters, the body of Llama-3.2-1B (only the vocab is small): real GPU benchmarks,
+    # where several engines share one GPU and sessions carry thousands of tokens of context.
+    "gpu-1b": ModelSize(
+        hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, max_positions=16384
+    ),
 }
 
 _SYLLABLES = (
@@ -76,7 +83,7 @@ def training_text(lines: int, seed: int = SEED) -> list[str]:
     return text
 
 
-def build_tokenizer(lines: list[str]) -> Any:
+def build_tokenizer(lines: list[str], max_length: int = 2048) -> Any:
     """Train a byte-level BPE on ``lines`` and wrap it for transformers with a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -98,7 +105,7 @@ def build_tokenizer(lines: list[str]) -> Any:
         pad_token="<|endoftext|>",
         unk_token=None,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=2048,
+        model_max_length=max_length,
     )
 
 
@@ -123,7 +130,7 @@ def build_model(size: ModelSize, vocab_size: int, eos_id: int, pad_id: int) -> A
         num_hidden_layers=size.layers,
         num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads,
-        max_position_embeddings=2048,
+        max_position_embeddings=size.max_positions,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos_id,
@@ -137,7 +144,7 @@ def build_model(size: ModelSize, vocab_size: int, eos_id: int, pad_id: int) -> A
 def build(size_name: str, out: Path) -> dict[str, Any]:
     """Write model, tokenizer and banned ids for ``size_name`` into ``out``; return a summary."""
     size = SIZES[size_name]
-    tokenizer = build_tokenizer(training_text(lines=20000))
+    tokenizer = build_tokenizer(training_text(lines=20000), max_length=size.max_positions)
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     model = build_model(size, len(tokenizer), eos_id, pad_id)

@@ -67,11 +67,20 @@ class EngineConfig:
     served_model_name: str | None = None  # default: the model name
     max_model_len: int = 2048
     block_size: int = 32  # vLLM on CPU accepts multiples of 32 only
-    kv_cache_bytes: int = 256 * 1024 * 1024
+    kv_cache_bytes: int | None = 256 * 1024 * 1024  # None: sized by vLLM from free memory
     max_num_seqs: int = 16
     dtype: str = "bfloat16"
     startup_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = ()
+    # GPU engines (bench/gpu/host.py): the host's own Python, no core pinning, a share of the GPU,
+    # optionally CUDA graphs.
+    python_path: Path | None = None  # default: the venv's python
+    pin_cores: bool = True
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool = True
+    # Start each engine only once the previous one is healthy: engines that size their KV cache
+    # from free GPU memory must not profile memory while another one is loading.
+    one_at_a_time: bool = False
     # Ask the kernel to SIGTERM the API server if the launching thread dies (even by SIGKILL).
     die_with_parent: bool = True
 
@@ -81,7 +90,7 @@ class EngineConfig:
 
     @property
     def python(self) -> Path:
-        return self.venv / "bin" / "python"
+        return self.python_path or self.venv / "bin" / "python"
 
     @property
     def name(self) -> str:
@@ -139,6 +148,11 @@ def missing_prerequisites(config: EngineConfig) -> list[str]:
 
 def engine_command(config: EngineConfig, port: int) -> list[str]:
     """The API server command line for one engine on ``port``."""
+    memory = []
+    if config.kv_cache_bytes is not None:
+        memory += ["--kv-cache-memory-bytes", str(config.kv_cache_bytes)]
+    if config.gpu_memory_utilization is not None:
+        memory += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
     return [
         str(config.python),
         "-m",
@@ -158,21 +172,21 @@ def engine_command(config: EngineConfig, port: int) -> list[str]:
         "--enable-prefix-caching",
         "--block-size",
         str(config.block_size),
-        "--kv-cache-memory-bytes",
-        str(config.kv_cache_bytes),
+        *memory,
         "--max-num-seqs",
         str(config.max_num_seqs),
-        "--enforce-eager",
+        *(["--enforce-eager"] if config.enforce_eager else []),
         "--enable-prompt-tokens-details",
         *config.extra_args,
     ]
 
 
-def engine_env(core: int) -> dict[str, str]:
+def engine_env(core: int | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
     env.update(ENGINE_ENV)
-    # Without an explicit bind, every engine's OpenMP threads land on core 0.
-    env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
+    if core is not None:
+        # Without an explicit bind, every engine's OpenMP threads land on core 0.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
     return env
 
 
@@ -205,7 +219,7 @@ def _launch(config: EngineConfig, index: int) -> Engine:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=engine_env(core),
+            env=engine_env(core if config.pin_cores else None),
             cwd=ROOT,
             start_new_session=True,
             preexec_fn=_die_with_parent if config.die_with_parent else None,
@@ -261,6 +275,8 @@ def start_engines(config: EngineConfig) -> EngineFleet:
     try:
         for index in range(config.count):
             fleet.engines.append(_launch(config, index))
+            if config.one_at_a_time:
+                wait_healthy(fleet, config.startup_timeout_s)
         wait_healthy(fleet, config.startup_timeout_s)
     except BaseException:
         stop_engines(fleet)
