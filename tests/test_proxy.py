@@ -254,3 +254,14 @@ async def test_metrics_page_exposes_every_router_metric(
     ):
         assert f"\n{name}" in page or f"# TYPE {name}" in page, name
     assert "vllm:" not in page
+
+
+async def test_a_body_session_id_with_control_characters_is_forwarded_not_a_500(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((fake, url),) = await upstreams(1)
+    client = await router([url])
+    body = {**chat("s", stream=False), "metadata": {"session_id": "\x1f"}}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200
+    assert fake.seen.requests[0]["headers"]["X-Session-Id"].startswith("h-")
