@@ -248,6 +248,35 @@ async def test_a_replica_closing_mid_stream_ends_streams_with_an_error_event(
     await assert_no_inflight_left(router)
 
 
+async def test_a_replica_stalling_mid_stream_is_cut_by_the_idle_timeout(
+    start_upstream: Callable[..., Upstream],
+    start_router: Callable[[list[str]], Router],
+    fault_table: FaultTable,
+) -> None:
+    router, ups = await start_fleet(start_upstream, start_router, flags=("--idle-timeout", "1"))
+    driver = LoadDriver(router.url, session_names("stall"))
+    home = await baseline(driver)
+    victim = next(u for u in ups if u.url == busiest_home(home))
+
+    async def inject() -> None:
+        await victim.fault(chunk_delay=30.0)  # headers and one chunk, then silence
+
+    results = await under_load(driver, inject)
+    figures = record(
+        fault_table,
+        "stall mid-stream",
+        results,
+        home,
+        {victim.url},
+        "router --idle-timeout 1; stalled streams end with event: error",
+    )
+    assert_sound(figures, results)
+    errors = [r for r in results if r.outcome == "error"]
+    assert errors and all(r.started and r.replica == victim.url for r in errors)
+    assert all(r.ended_at - r.sent_at < 5 for r in errors)
+    await assert_no_inflight_left(router)
+
+
 async def test_sigterm_under_load_drains_streams_and_refuses_new_connections(
     start_upstream: Callable[..., Upstream],
     start_router: Callable[[list[str]], Router],
