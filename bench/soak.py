@@ -35,6 +35,7 @@ class Tally:
     requests: int = 0
     errors: int = 0
     skipped: int = 0  # ticks when the in-flight cap was reached: the rate was not held
+    peak_inflight: int = 0  # a stall of the machine shows here, and as a step in the RSS
     ttft: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, kB)
@@ -147,6 +148,7 @@ async def drive(args: argparse.Namespace, url: str, router_pid: int) -> Tally:
                 task = asyncio.create_task(session_turn(http, session, turn))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
+                tally.peak_inflight = max(tally.peak_inflight, len(inflight))
             next_at += tick
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         if inflight:
@@ -162,9 +164,15 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def rss_at(tally: Tally, seconds: float) -> int:
+    return next((kb for t, kb in tally.rss if t >= seconds), tally.rss[-1][1])
+
+
 def summarize(args: argparse.Namespace, tally: Tally) -> dict[str, object]:
-    warm_s = args.warmup
-    at_warm = next((kb for t, kb in tally.rss if t >= warm_s), tally.rss[-1][1])
+    """Growth after warm-up, and over the second half: a leak grows in both; a high-water
+    step (a burst of concurrency that the allocator keeps) only in the first."""
+    at_warm = rss_at(tally, args.warmup)
+    at_mid = rss_at(tally, (args.warmup + args.minutes * 60) / 2)
     at_end = tally.rss[-1][1]
     return {
         "minutes": args.minutes,
@@ -173,17 +181,20 @@ def summarize(args: argparse.Namespace, tally: Tally) -> dict[str, object]:
         "requests": tally.requests,
         "errors": tally.errors,
         "skipped_ticks": tally.skipped,
+        "peak_inflight": tally.peak_inflight,
         "ttft_p50_ms": round(percentile(tally.ttft, 50) * 1000, 1),
         "ttft_p99_ms": round(percentile(tally.ttft, 99) * 1000, 1),
         "rss_warm_mib": round(at_warm / 1024, 1),
         "rss_end_mib": round(at_end / 1024, 1),
         "rss_max_mib": round(max(kb for _, kb in tally.rss) / 1024, 1),
         "rss_growth_pct": round((at_end - at_warm) / at_warm * 100, 2),
+        "rss_mid_mib": round(at_mid / 1024, 1),
+        "rss_growth_second_half_pct": round((at_end - at_mid) / at_mid * 100, 2),
         "error_samples": tally.error_samples,
     }
 
 
-async def soak(args: argparse.Namespace) -> dict[str, object]:
+async def soak(args: argparse.Namespace) -> tuple[dict[str, object], Tally]:
     with ExitStack() as stack:
         replicas = []
         for i in range(args.replicas):
@@ -201,7 +212,7 @@ async def soak(args: argparse.Namespace) -> dict[str, object]:
         url = f"http://127.0.0.1:{port}"
         await wait_up(url + "/ready")
         tally = await drive(args, url, router.pid)
-    return summarize(args, tally)
+    return summarize(args, tally), tally
 
 
 def main() -> None:
@@ -220,11 +231,12 @@ def main() -> None:
     parser.add_argument("--max-growth", type=float, default=10.0, help="allowed RSS growth %%")
     parser.add_argument("--json", metavar="FILE", help="also write the summary here")
     args = parser.parse_args()
-    summary = asyncio.run(soak(args))
+    summary, tally = asyncio.run(soak(args))
     print(json.dumps(summary, indent=2))
     if args.json:
+        series = [[round(t, 1), round(kb / 1024, 2)] for t, kb in tally.rss]
         with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(summary, out, indent=2)
+            json.dump({**summary, "rss_series_mib": series}, out, indent=2)
     growth = float(str(summary["rss_growth_pct"]))
     ok = summary["errors"] == 0 and growth <= args.max_growth
     raise SystemExit(0 if ok else 1)
