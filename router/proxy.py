@@ -232,7 +232,7 @@ class ProxyHandler:
                 metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
                 self.replicas.record_failure(url, time.monotonic(), str(error))
             finally:
-                self.replicas.release(url)
+                self.replicas.release(url, replica)
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
         message = f"no replica could serve the request: {failure}" if failure else "no replica"

@@ -121,8 +121,14 @@ class ReplicaSet:
         if replica.healthy and self.load_signal != "scraped":
             self.loads.set(url, self._load_of(replica))
 
-    def release(self, url: str) -> None:
+    def release(self, url: str, acquired: Replica | None = None) -> None:
+        """End one in-flight request; `acquired` is the Replica it started on, if known."""
         replica = self.replicas.get(url)
+        if acquired is not None and replica is not acquired:
+            # The replica left (and maybe came back as a new member) meanwhile: the request
+            # counted on the departed object, not on whatever holds the URL now.
+            acquired.inflight -= 1
+            return
         if replica is None:
             return
         replica.inflight -= 1

@@ -161,6 +161,14 @@ def test_long_values_are_hashed_and_short_ones_kept() -> None:
     assert extract({"x-session-id": long_value}, {}) == key
 
 
+@pytest.mark.parametrize("value", ["\x1f", "a\r\nX-Injected: 1", "tab\there", "del\x7f"])
+def test_values_with_control_characters_are_hashed_into_a_header_safe_key(value: str) -> None:
+    key = extract({}, {"metadata": {"session_id": value}})
+    assert key.kind is KeyKind.BODY
+    assert key.value.startswith("h-") and key.value.isprintable()
+    assert extract({}, {"metadata": {"session_id": value}}) == key
+
+
 def test_redact_never_returns_the_value() -> None:
     assert "secret-session" not in redact("secret-session")
 

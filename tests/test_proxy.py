@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
+from router.app import REPLICAS
+from router.config import ReplicaSpec
 from tests.conftest import RouterClient, Upstreams, chat, dead_url
 from tests.fake_upstream import FakeUpstream
 
@@ -268,3 +270,30 @@ async def test_metrics_page_exposes_every_router_metric(
     ):
         assert f"\n{name}" in page or f"# TYPE {name}" in page, name
     assert "vllm:" not in page
+
+
+async def test_a_body_session_id_with_control_characters_is_forwarded_not_a_500(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((fake, url),) = await upstreams(1)
+    client = await router([url])
+    body = {**chat("s", stream=False), "metadata": {"session_id": "\x1f"}}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200
+    assert fake.seen.requests[0]["headers"]["X-Session-Id"].startswith("h-")
+
+
+async def test_a_replica_leaving_and_rejoining_mid_stream_keeps_its_inflight_count_at_zero(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((_, url),) = await upstreams(1, chunks=4, chunk_delay=0.1)
+    client = await router([url])
+    replicas = client.app[REPLICAS]
+    response = await client.post("/v1/chat/completions", json=chat("s"))
+    await response.content.readline()
+    replicas.set_members([])  # DNS drops the replica while the stream goes on ...
+    replicas.set_members([ReplicaSpec(url)])  # ... and brings it back
+    await response.read()
+    await asyncio.sleep(0.05)
+    assert replicas.replicas[url].inflight == 0
+    assert replicas.loads.get(url) == 0
