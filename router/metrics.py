@@ -120,7 +120,24 @@ REGISTRY.register(SCRAPED)
 
 
 def forget_replica(replica: str) -> None:
-    """Drop a departed replica's per-replica series so they do not linger at their last value."""
-    for gauge in (INFLIGHT, HEALTHY):
-        with contextlib.suppress(KeyError):
-            gauge.remove(replica)
+    """Drop a departed replica's series: with DNS discovery, pods that come back under new
+    addresses would otherwise add series without bound."""
+    for metric, label_names in PER_REPLICA:
+        for family in metric.collect():
+            stale = {
+                tuple(sample.labels[name] for name in label_names)
+                for sample in family.samples
+                if sample.labels.get("replica") == replica
+            }
+            for values in stale:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*values)
+
+
+PER_REPLICA: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
+    (REQUESTS, ("replica", "key_kind", "status")),
+    (INFLIGHT, ("replica",)),
+    (HEALTHY, ("replica",)),
+    (TTFT, ("replica",)),
+    (UPSTREAM_ERRORS, ("replica", "kind")),
+)

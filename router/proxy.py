@@ -215,12 +215,16 @@ class ProxyHandler:
             try:
                 if attempt == 0:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
-                upstream = await self.open(
-                    request,
-                    url,
-                    body,
-                    {**headers, **replica.headers} if replica.headers else headers,
-                )
+                try:
+                    upstream = await self.open(
+                        request,
+                        url,
+                        body,
+                        {**headers, **replica.headers} if replica.headers else headers,
+                    )
+                except asyncio.CancelledError:
+                    self.record(url, kind, CLIENT_CLOSED, received)  # left before the first byte
+                    raise
                 last = attempt == len(route.candidates) - 1
                 if upstream.status in RETRY_STATUSES and not last:
                     upstream.release()

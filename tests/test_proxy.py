@@ -297,3 +297,54 @@ async def test_a_replica_leaving_and_rejoining_mid_stream_keeps_its_inflight_cou
     await asyncio.sleep(0.05)
     assert replicas.replicas[url].inflight == 0
     assert replicas.loads.get(url) == 0
+
+
+async def test_a_departed_replica_leaves_no_series_behind(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((_, url), (_, other)) = await upstreams(2)
+    client = await router([url, other])
+    for i in range(6):
+        response = await client.post(
+            "/v1/chat/completions", json=chat("s"), headers={"X-Session-Id": f"s{i}"}
+        )
+        await response.read()
+    page = await (await client.get("/metrics")).text()
+    assert f'replica="{url}"' in page
+    replicas = client.app[REPLICAS]
+    replicas.set_members([ReplicaSpec(other)])
+    page = await (await client.get("/metrics")).text()
+    assert f'replica="{url}"' not in page
+    assert f'replica="{other}"' in page
+
+
+async def test_a_client_that_leaves_before_the_first_byte_is_counted(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((fake, url),) = await upstreams(1, first_byte_delay=5.0)
+    client = await router([url])
+    before = (
+        REGISTRY.get_sample_value(
+            "router_requests_total", {"replica": url, "key_kind": "header", "status": "499"}
+        )
+        or 0
+    )
+    task = asyncio.ensure_future(
+        client.post("/v1/chat/completions", json=chat("s"), headers={"X-Session-Id": "gone"})
+    )
+    for _ in range(100):
+        if fake.seen.requests:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    for _ in range(100):
+        after = (
+            REGISTRY.get_sample_value(
+                "router_requests_total", {"replica": url, "key_kind": "header", "status": "499"}
+            )
+            or 0
+        )
+        if after > before:
+            break
+        await asyncio.sleep(0.02)
+    assert after == before + 1
