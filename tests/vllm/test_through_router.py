@@ -57,8 +57,12 @@ async def turn(
     session: str,
     bias: dict[str, float],
     max_tokens: int = 12,
+    started: asyncio.Event | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[str, str, Any]:
-    """One streamed turn through the router; returns (answer, replica, usage)."""
+    """One streamed turn through the router; returns (answer, replica, usage).
+
+    `started` is set once content has arrived; `extra` adds vLLM fields to the body."""
     params: Any = messages
     raw = await sdk.chat.completions.with_raw_response.create(
         model=model,
@@ -67,7 +71,7 @@ async def turn(
         stream_options={"include_usage": True},
         max_tokens=max_tokens,
         temperature=0.0,
-        extra_body={"logit_bias": bias},  # vLLM takes float biases
+        extra_body={"logit_bias": bias, **(extra or {})},  # vLLM takes float biases
         extra_headers={"X-Session-Id": session},
     )
     replica = raw.headers["x-router-replica"]
@@ -75,6 +79,8 @@ async def turn(
     async for chunk in raw.parse():
         if chunk.choices and chunk.choices[0].delta.content:
             answer.append(chunk.choices[0].delta.content)
+            if started is not None:
+                started.set()
         if chunk.usage is not None:
             usage = chunk.usage
     return "".join(answer), replica, usage
@@ -188,12 +194,12 @@ async def test_scraped_hit_ratio_and_load_agree_with_the_engines(
 
 
 async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
-    vllm_engines: EngineFleet,
-    sdk_and_router: tuple[openai.AsyncOpenAI, Any],
-    logit_bias: dict[str, float],
+    vllm_engines: EngineFleet, router: RouterClient, logit_bias: dict[str, float]
 ) -> None:
     """Runs last: it leaves one engine dead."""
-    sdk, _ = sdk_and_router
+    # Bounded loads off: six long streams on one engine must stay there to see the kill.
+    client = await router(vllm_engines.urls, load_factor=100.0, first_byte_timeout=60)
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     homes: dict[str, str] = {}
     for i in range(8):
         _, replica, _ = await turn(
@@ -205,19 +211,25 @@ async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
     assert victims, homes
     victim = vllm_engines.engines[0]
 
-    async def long_stream(session: str) -> str:
+    async def long_stream(session: str, started: asyncio.Event) -> str:
         try:
-            await turn(sdk, vllm_engines.config.name, opening(session), session, logit_bias, 400)
+            # ignore_eos: the random-weight model must not end the stream before the kill.
+            await turn(
+                sdk, vllm_engines.config.name, opening(session), session, logit_bias, 1200,
+                started, {"ignore_eos": True},
+            )  # fmt: skip
         except openai.APIError as error:
             return f"error: {error.message}"
         return "finished"
 
-    in_flight = [asyncio.create_task(long_stream(s)) for s in victims]
-    await asyncio.sleep(0.5)
-    os.killpg(victim.process.pid, signal.SIGKILL)
+    events = [asyncio.Event() for _ in victims]
+    in_flight = [
+        asyncio.create_task(long_stream(s, e)) for s, e in zip(victims, events, strict=True)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout=30)
+    os.killpg(victim.process.pid, signal.SIGKILL)  # every victim is mid-stream now
     outcomes = await asyncio.wait_for(asyncio.gather(*in_flight), timeout=60)
-    assert all(o.startswith("error") or o == "finished" for o in outcomes)  # no hang
-    assert any(o.startswith("error") for o in outcomes)
+    assert all(o.startswith("error") for o in outcomes), outcomes  # a clean error each, no hang
     # The next turns of those sessions go to the surviving engine and succeed.
     for session in victims:
         answer, replica, _ = await turn(
