@@ -59,6 +59,7 @@ async def turn(
     max_tokens: int = 12,
     started: asyncio.Event | None = None,
     extra: dict[str, Any] | None = None,
+    served_by: dict[str, str] | None = None,
 ) -> tuple[str, str, Any]:
     """One streamed turn through the router; returns (answer, replica, usage).
 
@@ -75,6 +76,8 @@ async def turn(
         extra_headers={"X-Session-Id": session},
     )
     replica = raw.headers["x-router-replica"]
+    if served_by is not None:
+        served_by[session] = replica
     answer, usage = [], None
     async for chunk in raw.parse():
         if chunk.choices and chunk.choices[0].delta.content:
@@ -211,12 +214,14 @@ async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
     assert victims, homes
     victim = vllm_engines.engines[0]
 
+    served_by: dict[str, str] = {}
+
     async def long_stream(session: str, started: asyncio.Event) -> str:
         try:
             # ignore_eos: the random-weight model must not end the stream before the kill.
             await turn(
                 sdk, vllm_engines.config.name, opening(session), session, logit_bias, 1200,
-                started, {"ignore_eos": True},
+                started, {"ignore_eos": True}, served_by,
             )  # fmt: skip
         except openai.APIError as error:
             return f"error: {error.message}"
@@ -227,9 +232,19 @@ async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
         asyncio.create_task(long_stream(s, e)) for s, e in zip(victims, events, strict=True)
     ]
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout=30)
-    os.killpg(victim.process.pid, signal.SIGKILL)  # every victim is mid-stream now
-    outcomes = await asyncio.wait_for(asyncio.gather(*in_flight), timeout=60)
-    assert all(o.startswith("error") for o in outcomes), outcomes  # a clean error each, no hang
+    running = {s for s, t in zip(victims, in_flight, strict=True) if not t.done()}
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    outcomes = dict(
+        zip(victims, await asyncio.wait_for(asyncio.gather(*in_flight), 60), strict=True)
+    )
+    report = {s: (served_by.get(s), outcomes[s], s in running) for s in victims}
+    on_victim = {s for s in running if served_by.get(s) == victim_url}
+    assert on_victim, report  # some streams were mid-stream on the engine that was killed
+    for session in on_victim:
+        assert outcomes[session].startswith("error"), report  # a clean error, not a hang
+    for session in victims:
+        if served_by.get(session) != victim_url:
+            assert outcomes[session] == "finished", report
     # The next turns of those sessions go to the surviving engine and succeed.
     for session in victims:
         answer, replica, _ = await turn(
