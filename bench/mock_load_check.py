@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,7 @@ from typing import Any
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.endpoints import free_port
 
 
 async def wait_healthy(session: aiohttp.ClientSession, url: str) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import aiohttp
+
+from bench.endpoints import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = {
@@ -40,12 +41,6 @@ class Result:
     ttft_p99_ms: float
     requests: int
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(cmd: list[str], stack: ExitStack) -> subprocess.Popen[bytes]:

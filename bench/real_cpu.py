@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import run as runner
+from bench.endpoints import cache_config_info, free_port
 from bench.mock_vllm.tokenizer import encode, render_chat
 from bench.vllm_engines import EngineConfig, running_engines, visible_logit_bias
 from bench.workload import Workload, system_prompt, user_message
@@ -93,11 +94,9 @@ def tokens_per_mock_token(url: str, model: str, workload: Workload) -> float:
 
 
 def num_gpu_blocks(url: str) -> int:
-    _, body = runner.http("GET", url + "/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith("vllm:cache_config_info{"):
-            return int(line.split('num_gpu_blocks="')[1].split('"')[0])
-    raise RuntimeError(f"{url}/metrics has no vllm:cache_config_info")
+    return int(
+        cache_config_info(runner.http("GET", url + "/metrics")[1].decode())["num_gpu_blocks"]
+    )
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -115,7 +114,7 @@ def group_cpu_seconds(pgid: int) -> float:
 
 def run(args: argparse.Namespace, command: str) -> None:
     args = with_defaults(args)
-    config = EngineConfig(model="small", count=2, dtype="float32", base_port=runner.free_port())
+    config = EngineConfig(model="small", count=2, dtype="float32", base_port=free_port())
     with running_engines(config) as fleet:
         model = config.name
         scale = tokens_per_mock_token(fleet.urls[0], model, runner.size_of(args).workload)

@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import report
+from bench.endpoints import cache_config_info, free_port
 from bench.report import ReplicaCounters
 from bench.workload import Workload
 
@@ -290,12 +290,6 @@ def processes() -> Iterator[Processes]:
             signal.signal(sig, handler)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---------------------------------------------------------------- HTTP
 
 
@@ -353,12 +347,8 @@ def counters(replica: str) -> ReplicaCounters:
 
 def block_size_of(replica: str) -> int:
     """The replica's KV block size from vllm:cache_config_info (16, vLLM's default, if absent)."""
-    with suppress(OSError, ValueError):
-        for family in text_string_to_metric_families(http("GET", replica + "/metrics")[1].decode()):
-            if family.name == "vllm:cache_config_info":
-                for sample in family.samples:
-                    if "block_size" in sample.labels:
-                        return int(sample.labels["block_size"])
+    with suppress(OSError, ValueError, KeyError):
+        return int(cache_config_info(http("GET", replica + "/metrics")[1].decode())["block_size"])
     return report.BLOCK_SIZE
 
 

@@ -23,7 +23,6 @@ import importlib.metadata
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bench.endpoints import cache_config_info
 from bench.vllm_engines import (
     DEFAULT_MODELS,
     ROOT,
@@ -133,18 +133,6 @@ def sizing_of(
         per_engine_share_session_policy=users * session / engines / capacity,
         per_engine_share_spread_policies=users * session / capacity,
     )
-
-
-_INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def cache_config_info(metrics_text: str) -> dict[str, str]:
-    """The labels of ``vllm:cache_config_info`` (num_gpu_blocks, block_size, ...)."""
-    match = _INFO_LINE.search(metrics_text)
-    if not match:
-        raise ValueError("no vllm:cache_config_info on /metrics")
-    return dict(_LABEL.findall(match.group("labels")))
 
 
 def _get(url: str, timeout_s: float = 10.0) -> str:
