@@ -55,8 +55,8 @@ def build_app(options: MockOptions) -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2)
     app[REPLICA] = Replica(options, engine, metrics, {})
     app.cleanup_ctx.append(_engine_lifecycle)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
+    for path in PARSERS:
+        app.router.add_post(path, generate)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)
@@ -87,23 +87,18 @@ async def _abort_disconnected(replica: Replica) -> None:
                 replica.engine.abort(request)
 
 
-async def chat_completions(http: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions."""
+PARSERS = {
+    "/v1/chat/completions": protocol.parse_chat,
+    "/v1/completions": protocol.parse_completion,
+}
+
+
+async def generate(http: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions and /v1/completions."""
     replica = http.app[REPLICA]
     try:
         body = protocol.parse_json(await http.read())
-        parsed = protocol.parse_chat(body, replica.options.model)
-    except ApiError as exc:
-        return _error(exc)
-    return await _generate(http, replica, parsed)
-
-
-async def completions(http: web.Request) -> web.StreamResponse:
-    """POST /v1/completions."""
-    replica = http.app[REPLICA]
-    try:
-        body = protocol.parse_json(await http.read())
-        parsed = protocol.parse_completion(body, replica.options.model)
+        parsed = PARSERS[http.path](body, replica.options.model)
     except ApiError as exc:
         return _error(exc)
     return await _generate(http, replica, parsed)
