@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from router.keys import KeyExtractor
-from router.policies import SessionPolicy
-from router.ring import LoadTable
+from router.core.keys import KeyExtractor
+from router.core.policies import SessionPolicy
+from router.core.ring import LoadTable
 
 REPLICA_COUNTS = (4, 64, 1024)
 

@@ -18,11 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from router import metrics
 from router.config import Config
-from router.keys import KeyExtractor, KeyRules
-from router.policies import key_rules_for, make_policy
+from router.core.keys import KeyExtractor, KeyRules
+from router.core.policies import key_rules_for, make_policy
+from router.core.ring import SpillTable
 from router.proxy import ProxyHandler, ProxySettings, error_response
 from router.replicas import DnsDiscovery, HealthChecker, ReplicaSet
-from router.ring import SpillTable
 from router.scraper import Scraper
 
 log = logging.getLogger("router")

@@ -15,9 +15,13 @@ from urllib.parse import parse_qsl, urldefrag
 
 import yaml
 
-from router.keys import DEFAULT_BODY_FIELDS, DEFAULT_SESSION_HEADER_PATTERN, DEFAULT_SESSION_HEADERS
-from router.policies import POLICY_NAMES
-from router.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
+from router.core.keys import (
+    DEFAULT_BODY_FIELDS,
+    DEFAULT_SESSION_HEADER_PATTERN,
+    DEFAULT_SESSION_HEADERS,
+)
+from router.core.policies import POLICY_NAMES
+from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
 LOAD_SIGNALS = ("local", "scraped", "both")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -23,8 +23,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from router import metrics
-from router.keys import KeyExtractor, RoutingKey, redact
-from router.policies import Route
+from router.core.keys import KeyExtractor, RoutingKey, redact
+from router.core.policies import Route
 from router.replicas import ReplicaSet
 
 log = logging.getLogger("router.proxy")

@@ -20,8 +20,8 @@ import aiohttp
 
 from router import metrics
 from router.config import ReplicaSpec
-from router.policies import Policy
-from router.ring import LoadTable
+from router.core.policies import Policy
+from router.core.ring import LoadTable
 
 log = logging.getLogger("router.replicas")
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.keys import (
+from router.core.keys import (
     MAX_RAW_KEY_BYTES,
     KeyExtractor,
     KeyKind,

@@ -4,15 +4,15 @@ import random
 
 import pytest
 
-from router.keys import NO_KEY, KeyKind, KeyRules, RoutingKey, hash_point
-from router.policies import (
+from router.core.keys import NO_KEY, KeyKind, KeyRules, RoutingKey, hash_point
+from router.core.policies import (
     POLICY_NAMES,
     Outcome,
     SessionPolicy,
     key_rules_for,
     make_policy,
 )
-from router.ring import LoadTable, SpillTable
+from router.core.ring import LoadTable, SpillTable
 
 REPLICAS = [f"http://r{i}:8000" for i in range(4)]
 

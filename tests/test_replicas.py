@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from router.config import ReplicaSpec
-from router.policies import SessionPolicy
+from router.core.policies import SessionPolicy
 from router.replicas import DnsDiscovery, ReplicaSet
 
 URLS = ["http://a:1", "http://b:1", "http://c:1"]

@@ -6,8 +6,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.keys import hash_point
-from router.ring import HashRing, LoadTable, SpillTable, bounded, capacity
+from router.core.keys import hash_point
+from router.core.ring import HashRing, LoadTable, SpillTable, bounded, capacity
 
 REPLICAS = [f"http://10.0.0.{i}:8000" for i in range(1, 10)]
 POINTS = [hash_point(f"session-{i}") for i in range(100_000)]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
-from router.keys import KeyRules, RoutingKey
-from router.ring import (
+from router.core.keys import KeyRules, RoutingKey
+from router.core.ring import (
     DEFAULT_LOAD_FACTOR,
     DEFAULT_VNODES,
     HashRing,
