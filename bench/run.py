@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
 RESULTS = ROOT / "bench" / "results"
 BUILTIN_POLICIES = ("session", "prefix", "round_robin", "random", "least_loaded")
-NO_HEADER_POLICIES = ("prefix",)  # measured without a session id: the prompt-prefix fallback
+# `prefix`: the session policy keyed on the prompt anchor alone, measured without a session id.
+ROUTER_ARGS = {"prefix": ("--policy", "session", "--key-source", "prompt")}
+NO_HEADER_POLICIES = ("prefix",)
 
 
 @dataclass(frozen=True)
@@ -454,8 +456,7 @@ def start_target(
             "127.0.0.1",
             "--port",
             str(port),
-            "--policy",
-            target.policy,
+            *ROUTER_ARGS.get(target.policy, ("--policy", target.policy)),
             "--log-level",
             "warning",
             "--drain-seconds",

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from router import metrics
 from router.config import Config
 from router.core.keys import KeyExtractor, KeyRules
-from router.core.policies import key_rules_for, make_policy
+from router.core.policies import make_policy
 from router.core.ring import SpillTable
 from router.proxy import ProxyHandler, ProxySettings, error_response
 from router.replicas import DnsDiscovery, HealthChecker, ReplicaSet
@@ -53,8 +53,9 @@ def key_extractor(config: Config) -> KeyExtractor:
         body_fields=tuple(config.body_key_field),
         prefix_chars=config.prefix_chars,
         anchor_max_chars=config.anchor_max_chars,
+        use_session_ids=config.key_source == "session",
     )
-    return KeyExtractor(key_rules_for(config.policy, rules))
+    return KeyExtractor(rules)
 
 
 def build_app(config: Config, admin: bool | None = None) -> web.Application:

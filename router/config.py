@@ -19,6 +19,7 @@ from router.core.keys import (
     DEFAULT_BODY_FIELDS,
     DEFAULT_SESSION_HEADER_PATTERN,
     DEFAULT_SESSION_HEADERS,
+    KEY_SOURCES,
 )
 from router.core.policies import POLICY_NAMES
 from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
@@ -92,6 +93,13 @@ class Config:
     # --- routing
     policy: str = setting(
         "Routing policy.", default="session", choices=POLICY_NAMES, group="routing"
+    )
+    key_source: str = setting(
+        "What a request's key is taken from: session ids (headers, body fields), else the prompt "
+        "anchor (session); or the prompt anchor alone, ignoring ids (prompt).",
+        default="session",
+        choices=KEY_SOURCES,
+        group="routing",
     )
     load_factor: float = setting(
         "Bounded-loads factor c: a replica takes new keys while its load < ceil(c*(total+1)/n).",

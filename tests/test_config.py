@@ -10,11 +10,11 @@ from router.config import Config, ConfigError, parse_replica
 
 def test_flags_win_over_environment_which_wins_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "router.yaml"
-    path.write_text("replicas: [http://a:8000]\nload-factor: 1.5\npolicy: prefix\nvnodes: 64\n")
+    path.write_text("replicas: [http://a:8000]\nload-factor: 1.5\nkey-source: prompt\nvnodes: 64\n")
     env = {"ROUTER_LOAD_FACTOR": "2.0", "ROUTER_VNODES": "100"}
     config = load_config(["--config", str(path), "--vnodes", "7"], env)
     assert config.replica == ["http://a:8000"]
-    assert config.policy == "prefix"
+    assert config.key_source == "prompt"
     assert config.load_factor == 2.0
     assert config.vnodes == 7
 

@@ -4,12 +4,11 @@ import random
 
 import pytest
 
-from router.core.keys import NO_KEY, KeyKind, KeyRules, RoutingKey, hash_point
+from router.core.keys import NO_KEY, KeyKind, RoutingKey, hash_point
 from router.core.policies import (
     POLICY_NAMES,
     Outcome,
     SessionPolicy,
-    key_rules_for,
     make_policy,
 )
 from router.core.ring import LoadTable, SpillTable
@@ -119,11 +118,6 @@ def test_random_policy_is_seedable_and_only_picks_healthy_replicas() -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("sticky")
-
-
-def test_prefix_policy_uses_prompt_only_rules() -> None:
-    assert key_rules_for("prefix", KeyRules()).use_session_ids is False
-    assert key_rules_for("session", KeyRules()).use_session_ids is True
 
 
 def test_bounded_loads_keep_every_replica_under_capacity_as_load_arrives() -> None:

@@ -36,6 +36,9 @@ DEFAULT_BODY_FIELDS: tuple[str, ...] = (
     "metadata.user_id",
     "user",
 )
+# What a key is taken from (`--key-source`): session ids first, else the prompt anchor; or the
+# prompt anchor alone.
+KEY_SOURCES = ("session", "prompt")
 MAX_RAW_KEY_BYTES = 256
 # The key travels upstream as X-Session-Id; HTTP clients refuse control characters in headers.
 HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -91,7 +94,8 @@ def redact(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeyRules:
-    """What to look at, in order. `use_session_ids=False` is the `prefix` policy's view."""
+    """What to look at, in order. `use_session_ids=False` (`--key-source prompt`) keys on the
+    prompt anchor alone, whatever ids the client sends."""
 
     session_headers: tuple[str, ...] = DEFAULT_SESSION_HEADERS
     session_header_pattern: str = DEFAULT_SESSION_HEADER_PATTERN

@@ -10,11 +10,11 @@ import heapq
 import itertools
 import random as _random
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from router.core.keys import KeyRules, RoutingKey
+from router.core.keys import RoutingKey
 from router.core.ring import (
     DEFAULT_LOAD_FACTOR,
     DEFAULT_VNODES,
@@ -145,13 +145,7 @@ class LeastLoadedPolicy:
         return Route(least_loaded(loads, attempts), Outcome.BALANCED)
 
 
-class PrefixPolicy(SessionPolicy):
-    """The session policy fed only prompt-prefix keys: session ids are ignored (see key_rules)."""
-
-    name = "prefix"
-
-
-POLICY_NAMES = ("session", "prefix", "round_robin", "random", "least_loaded")
+POLICY_NAMES = ("session", "round_robin", "random", "least_loaded")
 
 
 def make_policy(
@@ -163,7 +157,6 @@ def make_policy(
 ) -> Policy:
     factories: dict[str, Callable[[], Policy]] = {
         "session": lambda: SessionPolicy(vnodes, load_factor, spill),
-        "prefix": lambda: PrefixPolicy(vnodes, load_factor, spill),
         "round_robin": RoundRobinPolicy,
         "random": lambda: RandomPolicy(rng),
         "least_loaded": LeastLoadedPolicy,
@@ -171,8 +164,3 @@ def make_policy(
     if name not in factories:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
     return factories[name]()
-
-
-def key_rules_for(policy: str, rules: KeyRules) -> KeyRules:
-    """The `prefix` policy routes on the prompt alone, whatever session ids the client sends."""
-    return replace(rules, use_session_ids=False) if policy == "prefix" else rules
