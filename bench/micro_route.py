@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from router.core.keys import KeyExtractor
+from router.core.loads import LoadTable
 from router.core.policies import SessionPolicy
-from router.core.ring import LoadTable
 
 REPLICA_COUNTS = (4, 64, 1024)
 

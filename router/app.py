@@ -19,31 +19,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from router import metrics
 from router.config import Config
 from router.core.keys import KeyExtractor, KeyRules
-from router.core.policies import make_policy
-from router.core.ring import SpillTable
-from router.proxy import ProxyHandler, ProxySettings, error_response
-from router.replicas import DnsDiscovery, HealthChecker, ReplicaSet
+from router.discovery import DnsDiscovery
+from router.fleet import Fleet
+from router.proxy import ProxyHandler, error_response
+from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
 
 log = logging.getLogger("router")
 
 CONFIG = web.AppKey("config", Config)
-REPLICAS = web.AppKey("replicas", ReplicaSet)
+FLEET = web.AppKey("fleet", Fleet)
 SCRAPER = web.AppKey("scraper", Scraper)
-
-
-def build_replica_set(config: Config) -> ReplicaSet:
-    spill = SpillTable(config.spill_table_size, config.spill_ttl)
-    policy = make_policy(config.policy, config.vnodes, config.load_factor, spill)
-    return ReplicaSet(
-        policy,
-        load_signal=config.load_signal,
-        eject_after=config.eject_after,
-        eject_backoff=config.eject_backoff,
-        eject_backoff_max=config.eject_backoff_max,
-        outlier_ttft_factor=config.outlier_ttft_factor,
-        outlier_min_ttft=config.outlier_min_ttft,
-    )
 
 
 def key_extractor(config: Config) -> KeyExtractor:
@@ -65,15 +51,15 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
     unless --admin-port moves them to `build_admin_app`.
     """
     app = web.Application(client_max_size=config.max_body_bytes)
-    replicas = build_replica_set(config)
+    fleet = Fleet(config)
     app[CONFIG] = config
-    app[REPLICAS] = replicas
+    app[FLEET] = fleet
     handler: dict[str, ProxyHandler] = {}  # filled at start-up, when the loop exists
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         return await handler["proxy"].handle(request)
 
-    add_probe_routes(app, replicas)
+    add_probe_routes(app, fleet.replicas)
     if admin if admin is not None else not config.admin_port:
         add_admin_routes(app, app)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)
@@ -85,7 +71,7 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
 def build_admin_app(main: web.Application) -> web.Application:
     """/metrics and /router/replicas on their own port, so they need not be public."""
     admin = web.Application()
-    add_probe_routes(admin, main[REPLICAS])
+    add_probe_routes(admin, main[FLEET].replicas)
     add_admin_routes(admin, main)
     admin.router.add_route("*", "/{tail:.*}", not_found)
     return admin
@@ -113,9 +99,10 @@ def add_admin_routes(app: web.Application, main: web.Application) -> None:
 
     async def replica_status(request: web.Request) -> web.Response:
         scraper = main.get(SCRAPER)
+        now = time.monotonic()
         rows = [
-            {**row, **(scraper.status(str(row["url"])) if scraper else {})}
-            for row in main[REPLICAS].status()
+            {**row, **(scraper.status(str(row["url"]), now) if scraper else {})}
+            for row in main[FLEET].status(now)
         ]
         return web.json_response({"policy": main[CONFIG].policy, "replicas": rows})
 
@@ -128,7 +115,8 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> AsyncIterator[None]:
-    config, replicas = app[CONFIG], app[REPLICAS]
+    config, fleet = app[CONFIG], app[FLEET]
+    replicas = fleet.replicas
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=config.connect_timeout, sock_read=config.idle_timeout
     )
@@ -144,30 +132,27 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         timeout=timeout,
         auto_decompress=False,
     )
-    settings = ProxySettings(
-        max_body_bytes=config.max_body_bytes,
-        max_attempts=config.max_attempts,
-        first_byte_timeout=config.first_byte_timeout,
-        route_headers=config.route_headers,
-        static_headers=config.static_headers,
-        api_keys=tuple(config.api_key),
-        max_inflight=config.max_inflight,
-        body_timeout=config.client_idle_timeout,
+    handler["proxy"] = ProxyHandler(
+        config,
+        extractor=key_extractor(config),
+        policy=fleet.policy,
+        loads=fleet.loads,
+        replicas=replicas,
+        outliers=fleet.outliers,
+        session=session,
+        fresh_session=fresh,
     )
-    handler["proxy"] = ProxyHandler(settings, replicas, key_extractor(config), session, fresh)
-    health = HealthChecker(replicas, session, config.health_interval, config.health_timeout)
+    health = HealthChecker(replicas, session, config)
     loops: list[Coroutine[Any, Any, None]] = [health.run()]
     if config.replicas_dns:
-        dns = DnsDiscovery(
-            replicas, config.replicas_dns, config.replicas_dns_scheme, config.dns_interval
-        )
+        dns = DnsDiscovery(replicas, config)
         await dns.refresh()
         loops.append(dns.run())
     else:
         replicas.set_members(config.replica_specs)
     await health.check_all()  # serve with real health from the first request on
     if config.scrape_interval > 0:
-        scraper = Scraper(replicas, session, config.scrape_interval, config.scrape_timeout)
+        scraper = Scraper(replicas, fleet.loads, session, config)
         app[SCRAPER] = scraper
         metrics.SCRAPED.source = scraper.latest
         loops.append(scraper.run())

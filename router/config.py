@@ -1,4 +1,4 @@
-"""Every setting of the router, its default and its help, in one place (SPEC 6).
+"""Every setting of the router, its default and its help, in one place.
 
 One path from outside to the object that uses it: defaults < YAML file (`--config`) <
 `ROUTER_*` environment variables < command-line flags. `cli.py` builds the parser from the
@@ -16,15 +16,22 @@ from urllib.parse import parse_qsl, urldefrag
 import yaml
 
 from router.core.keys import (
+    DEFAULT_ANCHOR_MAX_CHARS,
     DEFAULT_BODY_FIELDS,
+    DEFAULT_PREFIX_CHARS,
     DEFAULT_SESSION_HEADER_PATTERN,
     DEFAULT_SESSION_HEADERS,
     KEY_SOURCES,
 )
+from router.core.loads import LOAD_SIGNALS
 from router.core.policies import POLICY_NAMES
-from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
+from router.core.ring import (
+    DEFAULT_LOAD_FACTOR,
+    DEFAULT_SPILL_ENTRIES,
+    DEFAULT_SPILL_TTL,
+    DEFAULT_VNODES,
+)
 
-LOAD_SIGNALS = ("local", "scraped", "both")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -117,9 +124,13 @@ class Config:
         group="routing",
     )
     spill_table_size: int = setting(
-        "Most spilled keys remembered for spill stickiness.", default=100_000, group="routing"
+        "Most spilled keys remembered for spill stickiness.",
+        default=DEFAULT_SPILL_ENTRIES,
+        group="routing",
     )
-    spill_ttl: float = setting("Seconds a spill is remembered.", default=600.0, group="routing")
+    spill_ttl: float = setting(
+        "Seconds a spill is remembered.", default=DEFAULT_SPILL_TTL, group="routing"
+    )
     session_header: list[str] = setting(
         "Session headers in priority order (repeatable; replaces the default list).",
         default_factory=lambda: list(DEFAULT_SESSION_HEADERS),
@@ -137,12 +148,12 @@ class Config:
     )
     prefix_chars: int = setting(
         "Characters of a completions prompt that anchor its prefix key.",
-        default=2048,
+        default=DEFAULT_PREFIX_CHARS,
         group="routing",
     )
     anchor_max_chars: int = setting(
         "Longest chat anchor (system prompts + first user message) hashed.",
-        default=16384,
+        default=DEFAULT_ANCHOR_MAX_CHARS,
         group="routing",
     )
     # --- upstream

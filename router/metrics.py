@@ -1,4 +1,4 @@
-"""The router's own Prometheus metrics (SPEC 5), declared once; call sites only observe.
+"""The router's own Prometheus metrics, declared once; call sites only observe.
 
 Names are `router_*`, never `vllm:*`, so they never collide with the replicas' own series in a
 shared Prometheus. Values scraped from the replicas are exported by `ScrapedCollector`, which

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible surface (SPEC 3): parse once, choose, forward, relay, record.
+"""The OpenAI-compatible surface: parse once, choose, forward, relay, record.
 
 Read `ProxyHandler.handle` top to bottom to see where a request goes. Responses are relayed chunk
 by chunk as they arrive; nothing is buffered whole. Failover is "the next candidate"; a pooled
@@ -14,8 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -23,8 +22,11 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from router import metrics
+from router.config import Config
 from router.core.keys import KeyExtractor, RoutingKey, redact
-from router.core.policies import Route
+from router.core.loads import Loads
+from router.core.outliers import OutlierDetector
+from router.core.policies import Outcome, Policy, Route
 from router.replicas import ReplicaSet
 
 log = logging.getLogger("router.proxy")
@@ -41,18 +43,6 @@ JSON_ROUTES = frozenset(
 RETRY_STATUSES = frozenset({502, 503})
 SSE_ERROR_PREFIX = b"event: error\ndata: "
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    max_body_bytes: int
-    max_attempts: int
-    first_byte_timeout: float
-    route_headers: bool
-    static_headers: Mapping[str, str]
-    api_keys: tuple[str, ...] = ()
-    max_inflight: int = 0
-    body_timeout: float = 60.0
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -91,19 +81,27 @@ class UpstreamFailure(Exception):
 class ProxyHandler:
     def __init__(
         self,
-        settings: ProxySettings,
-        replicas: ReplicaSet,
+        config: Config,
+        *,
         extractor: KeyExtractor,
+        policy: Policy,
+        loads: Loads,
+        replicas: ReplicaSet,
+        outliers: OutlierDetector,
         session: aiohttp.ClientSession,
         fresh_session: aiohttp.ClientSession,
     ) -> None:
-        self.settings = settings
-        self.replicas = replicas
+        self.config = config
         self.extractor = extractor
+        self.policy = policy
+        self.loads = loads
+        self.replicas = replicas
+        self.outliers = outliers
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
+        self.static_headers = config.static_headers
         self.debug = log.isEnabledFor(logging.DEBUG)
-        self.api_keys = tuple(key.encode() for key in settings.api_keys)
+        self.api_keys = tuple(key.encode() for key in config.api_key)
         self.inflight = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -123,7 +121,7 @@ class ProxyHandler:
             return error_response(
                 401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
             )
-        limit = self.settings.max_inflight
+        limit = self.config.max_inflight
         if limit and self.inflight >= limit:
             reply = error_response(
                 429, "router at its in-flight limit", "rate_limit_error", "too_many_requests"
@@ -146,9 +144,7 @@ class ProxyHandler:
             return self.finish(problem, "none", None, received)
         key = self.extractor.extract(request.headers, parsed)
         # --- choose
-        route = self.replicas.policy.route(
-            key, self.replicas.loads, time.monotonic(), self.settings.max_attempts
-        )
+        route = self.policy.route(key, self.loads.table, time.monotonic(), self.config.max_attempts)
         if not route.candidates:
             reply = error_response(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"
@@ -159,11 +155,11 @@ class ProxyHandler:
     async def read_body(self, request: web.Request) -> tuple[bytes, Any, web.Response | None]:
         if (
             request.content_length is not None
-            and request.content_length > self.settings.max_body_bytes
+            and request.content_length > self.config.max_body_bytes
         ):
             return b"", None, self.too_large()
         try:
-            async with deadline(self.settings.body_timeout):
+            async with deadline(self.config.client_idle_timeout):
                 body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return b"", None, self.too_large()
@@ -185,7 +181,7 @@ class ProxyHandler:
         return request.path in JSON_ROUTES or request.content_type == "application/json"
 
     def too_large(self) -> web.Response:
-        limit = self.settings.max_body_bytes
+        limit = self.config.max_body_bytes
         return error_response(
             413,
             f"request body larger than {limit} bytes",
@@ -207,11 +203,12 @@ class ProxyHandler:
         failure: UpstreamFailure | None = None
         for attempt, url in enumerate(route.candidates):
             if attempt:
-                metrics.ROUTE_DECISIONS.labels(kind, "failover").inc()
+                metrics.ROUTE_DECISIONS.labels(kind, Outcome.FAILOVER.value).inc()
             replica = self.replicas.get(url)
-            if replica is None:
+            account = self.loads.start(url) if replica is not None else None
+            if replica is None or account is None:
                 continue
-            self.replicas.acquire(url)
+            metrics.INFLIGHT.labels(url).inc()
             try:
                 if attempt == 0:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
@@ -229,14 +226,15 @@ class ProxyHandler:
                 if upstream.status in RETRY_STATUSES and not last:
                     upstream.release()
                     raise UpstreamFailure("status", 502, f"replica answered {upstream.status}")
-                outcome = route.outcome.value if attempt == 0 else "failover"
+                outcome = route.outcome if attempt == 0 else Outcome.FAILOVER
                 return await self.relay(request, upstream, url, kind, outcome, received)
             except UpstreamFailure as error:
                 failure = error
                 metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
                 self.replicas.record_failure(url, time.monotonic(), str(error))
             finally:
-                self.replicas.release(url, replica)
+                if self.loads.finish(account):
+                    metrics.INFLIGHT.labels(url).dec()
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
         message = f"no replica could serve the request: {failure}" if failure else "no replica"
@@ -256,7 +254,7 @@ class ProxyHandler:
             headers.pop("Authorization", None)  # the router's key is not the replicas' business
         if not key.is_none:
             headers["X-Session-Id"] = key.value
-        headers.update(self.settings.static_headers)
+        headers.update(self.static_headers)
         return headers
 
     async def open(
@@ -293,7 +291,7 @@ class ProxyHandler:
         body: bytes,
         headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
-        async with deadline(self.settings.first_byte_timeout):
+        async with deadline(self.config.first_byte_timeout):
             return await session.request(method, target, data=body or None, headers=headers)
 
     async def relay(
@@ -302,7 +300,7 @@ class ProxyHandler:
         upstream: aiohttp.ClientResponse,
         url: str,
         kind: str,
-        outcome: str,
+        outcome: Outcome,
         received: float,
     ) -> web.StreamResponse:
         """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
@@ -312,9 +310,9 @@ class ProxyHandler:
                 response.headers.add(name, value)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
-        if self.settings.route_headers:
+        if self.config.route_headers:
             response.headers["x-router-replica"] = url
-            response.headers["x-router-route"] = f"{kind}/{outcome}"
+            response.headers["x-router-route"] = f"{kind}/{outcome.value}"
         is_sse = upstream.content_type == "text/event-stream"
         status = upstream.status
         try:
@@ -326,7 +324,9 @@ class ProxyHandler:
                 if first:
                     ttft = time.perf_counter() - received
                     metrics.TTFT.labels(url).observe(ttft)
-                    self.replicas.record_ttft(url, ttft, time.monotonic())
+                    slow = self.outliers.observe(url, ttft, time.monotonic())
+                    if slow is not None:
+                        self.replicas.eject(url, time.monotonic(), slow)
                     first = False
                 ends_event = chunk.endswith(b"\n\n")
             await response.write_eof()
@@ -353,7 +353,7 @@ class ProxyHandler:
             raise
         self.record(url, kind, status, received)
         if self.debug:
-            self.log_request(request, url, kind, outcome, upstream.status, received)
+            self.log_request(request, url, kind, outcome.value, upstream.status, received)
         return response
 
     async def end_broken_stream(

@@ -1,17 +1,15 @@
-"""Replica membership, health, ejection and in-flight counts: what the policies route over.
+"""Replica membership and health: who is in the fleet, and who takes traffic now.
 
-`ReplicaSet` is the state (no I/O; time passed in). `HealthChecker` and `DnsDiscovery` are the
-background loops that feed it. Membership changes rebuild the policy's ring once, never per
-request; health changes only add or remove a replica from the load table the policies see.
+`ReplicaSet` is the state (no I/O, no clock: time is passed in); `HealthChecker` is the loop that
+probes it. Membership changes reach the ring and the load accounting through `on_members`, health
+changes through `on_health`, once per change, never per request (docs/design.md, "Failures").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,14 +17,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from router import metrics
-from router.config import ReplicaSpec
-from router.core.policies import Policy
-from router.core.ring import LoadTable
+from router.config import Config, ReplicaSpec
 
 log = logging.getLogger("router.replicas")
-
-OUTLIER_EWMA = 0.2  # weight of the newest TTFT in a replica's moving average
-OUTLIER_MIN_SAMPLES = 10  # no verdict on a replica before this many first tokens
 
 
 @dataclass
@@ -34,115 +27,58 @@ class Replica:
     url: str
     weight: float = 1.0
     headers: Mapping[str, str] = field(default_factory=dict)
-    inflight: int = 0
     healthy: bool = True
     failures: int = 0  # consecutive
     ejections: int = 0  # since the last success: doubles the next ejection
     ejected_until: float = 0.0
-    scraped_load: float = 0.0  # running + waiting, from the replica's /metrics
     last_error: str = ""
     seen_healthy: bool = False  # a replica never seen healthy is out at its first failure
-    ttft_average: float | None = None  # moving average of time to first token, seconds
-    ttft_samples: int = 0
 
 
 class ReplicaSet:
-    """The replicas, their health and load, and the policy that routes over them."""
+    """The members, their health and ejections."""
 
-    def __init__(
-        self,
-        policy: Policy,
-        load_signal: str = "local",
-        eject_after: int = 3,
-        eject_backoff: float = 2.0,
-        eject_backoff_max: float = 60.0,
-        outlier_ttft_factor: float = 0.0,
-        outlier_min_ttft: float = 2.0,
-    ) -> None:
-        self.policy = policy
-        self.outlier_ttft_factor = outlier_ttft_factor
-        self.outlier_min_ttft = outlier_min_ttft
-        self._median_ttft = 0.0
-        self._median_at = float("-inf")
-        self.load_signal = load_signal
-        self.eject_after = eject_after
-        self.eject_backoff = eject_backoff
-        self.eject_backoff_max = eject_backoff_max
+    def __init__(self, config: Config) -> None:
+        self.eject_after = config.eject_after
+        self.eject_backoff = config.eject_backoff
+        self.eject_backoff_max = config.eject_backoff_max
         self.replicas: dict[str, Replica] = {}
-        self.loads = LoadTable()  # healthy replicas only
-        self.on_change: list[Callable[[], None]] = []
+        self.on_members: list[Callable[[Mapping[str, float]], None]] = []
+        self.on_health: list[Callable[[str, bool], None]] = []
 
     # --- membership
     def set_members(self, specs: Iterable[ReplicaSpec]) -> bool:
         """Replace the member list; returns whether anything changed."""
         wanted = {spec.url: spec for spec in specs}
         changed = False
+        joined: list[Replica] = []
         for url in list(self.replicas):
             if url not in wanted:
                 del self.replicas[url]
-                self.loads.remove(url)
                 metrics.forget_replica(url)
                 changed = True
         for url, spec in wanted.items():
             current = self.replicas.get(url)
             if current is None:
                 self.replicas[url] = Replica(url, spec.weight, dict(spec.headers))
-                self._admit(self.replicas[url])
+                joined.append(self.replicas[url])
                 changed = True
             elif current.weight != spec.weight or dict(current.headers) != dict(spec.headers):
                 current.weight, current.headers = spec.weight, dict(spec.headers)
                 changed = True
         if changed:
-            self.policy.set_replicas({url: r.weight for url, r in self.replicas.items()})
-            for callback in self.on_change:
-                callback()
+            weights = {url: r.weight for url, r in self.replicas.items()}
+            for members_changed in self.on_members:
+                members_changed(weights)
+        for replica in joined:
+            self._admit(replica)
         return changed
 
     def get(self, url: str) -> Replica | None:
         return self.replicas.get(url)
 
     def healthy_count(self) -> int:
-        return len(self.loads)
-
-    # --- load
-    def _load_of(self, replica: Replica) -> float:
-        if self.load_signal == "scraped":
-            return replica.scraped_load
-        if self.load_signal == "both":
-            return max(float(replica.inflight), replica.scraped_load)
-        return float(replica.inflight)
-
-    def acquire(self, url: str) -> None:
-        replica = self.replicas.get(url)
-        if replica is None:
-            return
-        replica.inflight += 1
-        metrics.INFLIGHT.labels(url).inc()
-        if replica.healthy and self.load_signal != "scraped":
-            self.loads.set(url, self._load_of(replica))
-
-    def release(self, url: str, acquired: Replica | None = None) -> None:
-        """End one in-flight request; `acquired` is the Replica it started on, if known."""
-        replica = self.replicas.get(url)
-        if acquired is not None and replica is not acquired:
-            # The replica left (and maybe came back as a new member) meanwhile: the request
-            # counted on the departed object, not on whatever holds the URL now.
-            acquired.inflight -= 1
-            return
-        if replica is None:
-            return
-        replica.inflight -= 1
-        metrics.INFLIGHT.labels(url).dec()
-        if replica.healthy and self.load_signal != "scraped":
-            self.loads.set(url, self._load_of(replica))
-
-    def set_scraped_load(self, url: str, running: float, waiting: float) -> None:
-        replica = self.replicas.get(url)
-        if replica is None:
-            return
-        replica.scraped_load = running + waiting
-        if replica.healthy and self.load_signal != "local":
-            self.loads.set(url, self._load_of(replica))
+        return sum(1 for r in self.replicas.values() if r.healthy)
 
     # --- health
     def record_success(self, url: str) -> None:
@@ -161,54 +97,24 @@ class ReplicaSet:
         replica.last_error = reason
         threshold = self.eject_after if replica.seen_healthy else 1
         if replica.healthy and replica.failures >= threshold:
-            self.eject(replica, now)
+            self.eject(url, now)
 
-    def record_ttft(self, url: str, seconds: float, now: float) -> None:
-        """Outlier detection: a replica far slower than the fleet's median is ejected."""
+    def eject(self, url: str, now: float, reason: str = "") -> None:
         replica = self.replicas.get(url)
-        if replica is None or not self.outlier_ttft_factor:
+        if replica is None or not replica.healthy:
             return
-        previous = replica.ttft_average
-        replica.ttft_average = (
-            seconds if previous is None else previous + OUTLIER_EWMA * (seconds - previous)
-        )
-        replica.ttft_samples += 1
-        if (
-            replica.ttft_samples < OUTLIER_MIN_SAMPLES
-            or replica.ttft_average < self.outlier_min_ttft
-        ):
-            return
-        if now - self._median_at > 1.0:  # the median moves slowly: recompute once a second
-            averages = sorted(
-                r.ttft_average
-                for r in self.replicas.values()
-                if r.healthy
-                and r.ttft_average is not None
-                and r.ttft_samples >= OUTLIER_MIN_SAMPLES
-            )
-            self._median_ttft = averages[len(averages) // 2] if len(averages) >= 3 else 0.0
-            self._median_at = now
-        if (
-            self._median_ttft
-            and replica.ttft_average > self.outlier_ttft_factor * self._median_ttft
-        ):
-            replica.last_error = (
-                f"slow: time to first token {replica.ttft_average:.2f}s, fleet median "
-                f"{self._median_ttft:.2f}s"
-            )
-            if replica.healthy:
-                self.eject(replica, now)
-
-    def eject(self, replica: Replica, now: float) -> None:
+        if reason:
+            replica.last_error = reason
         backoff = min(self.eject_backoff * 2**replica.ejections, self.eject_backoff_max)
         replica.ejections += 1
         replica.ejected_until = now + backoff
         replica.healthy = False
-        self.loads.remove(replica.url)
-        metrics.HEALTHY.labels(replica.url).set(0)
+        metrics.HEALTHY.labels(url).set(0)
+        for health_changed in self.on_health:
+            health_changed(url, False)
         log.warning(
             "replica %s ejected for %.1fs after %d failures (%s)",
-            replica.url, backoff, replica.failures, replica.last_error,
+            url, backoff, replica.failures, replica.last_error,
         )  # fmt: skip
 
     def due_for_probe(self, replica: Replica, now: float) -> bool:
@@ -229,26 +135,19 @@ class ReplicaSet:
 
     def _admit(self, replica: Replica) -> None:
         replica.healthy = True
-        replica.ttft_average, replica.ttft_samples = None, 0  # a fresh start after ejection
-        self.loads.set(replica.url, self._load_of(replica))
         metrics.HEALTHY.labels(replica.url).set(1)
-        metrics.INFLIGHT.labels(replica.url).set(replica.inflight)
+        for health_changed in self.on_health:
+            health_changed(replica.url, True)
 
-    def status(self) -> list[dict[str, object]]:
+    def status(self, now: float) -> list[dict[str, object]]:
         return [
             {
                 "url": r.url,
                 "healthy": r.healthy,
                 "weight": r.weight,
-                "inflight": r.inflight,
-                "load": self.loads.get(r.url),
-                "scraped_load": r.scraped_load,
                 "consecutive_failures": r.failures,
-                "ejected_for_s": round(max(r.ejected_until - time.monotonic(), 0.0), 3)
-                if not r.healthy
-                else 0.0,
+                "ejected_for_s": 0.0 if r.healthy else round(max(r.ejected_until - now, 0.0), 3),
                 "last_error": r.last_error,
-                "ttft_average_s": None if r.ttft_average is None else round(r.ttft_average, 4),
             }
             for r in self.replicas.values()
         ]
@@ -258,16 +157,12 @@ class HealthChecker:
     """GET /health on every replica each interval; ejected replicas once their backoff is over."""
 
     def __init__(
-        self,
-        replicas: ReplicaSet,
-        session: aiohttp.ClientSession,
-        interval: float,
-        timeout: float,
+        self, replicas: ReplicaSet, session: aiohttp.ClientSession, config: Config
     ) -> None:
         self.replicas = replicas
         self.session = session
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.interval = config.health_interval
+        self.timeout = aiohttp.ClientTimeout(total=config.health_timeout)
 
     async def check_all(self) -> None:
         now = time.monotonic()
@@ -288,42 +183,3 @@ class HealthChecker:
             await asyncio.sleep(self.interval)
             with contextlib.suppress(Exception):  # one bad round must not end the loop
                 await self.check_all()
-
-
-class DnsDiscovery:
-    """Re-resolves HOST:PORT (a headless Service) and sets the members to its addresses."""
-
-    def __init__(
-        self, replicas: ReplicaSet, target: str, scheme: str = "http", interval: float = 10.0
-    ) -> None:
-        host, _, port = target.rpartition(":")
-        self.replicas = replicas
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.scheme = scheme
-        self.interval = interval
-
-    async def resolve(self) -> list[ReplicaSpec]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-        addresses = sorted({str(info[4][0]) for info in infos})
-        return [ReplicaSpec(f"{self.scheme}://{_host(a)}:{self.port}") for a in addresses]
-
-    async def refresh(self) -> None:
-        try:
-            specs = await self.resolve()
-        except OSError as error:
-            # Keep the last known members: a DNS hiccup must not empty the fleet.
-            log.warning("resolving %s failed: %s", self.host, error)
-            return
-        if specs and self.replicas.set_members(specs):
-            log.info("replicas from DNS %s: %s", self.host, [s.url for s in specs])
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.refresh()
-
-
-def _host(address: str) -> str:
-    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address

@@ -1,4 +1,4 @@
-"""Scrape each replica's vLLM /metrics (SPEC 4): prefix-cache counters, queue depth, KV usage.
+"""Scrape each replica's vLLM /metrics: prefix-cache counters, queue depth, KV usage.
 
 Fetches run concurrently; parsing runs in a worker thread, so a large exposition never holds up
 the event loop. The hit ratio is a rate: counter deltas between two scrapes, summed over the
@@ -18,6 +18,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router import vllm_names as names
+from router.config import Config
+from router.core.loads import Loads
 from router.metrics import ReplicaScrape
 from router.replicas import ReplicaSet
 
@@ -95,14 +97,15 @@ class Scraper:
     def __init__(
         self,
         replicas: ReplicaSet,
+        loads: Loads,
         session: aiohttp.ClientSession,
-        interval: float,
-        timeout: float,
+        config: Config,
     ) -> None:
         self.replicas = replicas
+        self.loads = loads
         self.session = session
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.interval = config.scrape_interval
+        self.timeout = aiohttp.ClientTimeout(total=config.scrape_timeout)
         self.states: dict[str, ScrapeState] = {}
 
     async def scrape_all(self) -> None:
@@ -128,7 +131,7 @@ class Scraper:
             # Keep the last ratio through idle intervals rather than flapping to "no data".
             state.hit_ratio = ratio if ratio is not None else previous.hit_ratio
         self.states[url] = state
-        self.replicas.set_scraped_load(url, sample.running, sample.waiting)
+        self.loads.set_scraped(url, sample.running, sample.waiting)
 
     def latest(self) -> Iterator[ReplicaScrape]:
         for url, state in self.states.items():
@@ -137,12 +140,12 @@ class Scraper:
                 url, s.hits, s.queries, state.hit_ratio, s.running, s.waiting, s.kv_usage
             )
 
-    def status(self, url: str) -> dict[str, object]:
+    def status(self, url: str, now: float) -> dict[str, object]:
         state = self.states.get(url)
         if state is None:
             return {"last_scrape_age_s": None}
         return {
-            "last_scrape_age_s": round(time.monotonic() - state.at, 3),
+            "last_scrape_age_s": round(now - state.at, 3),
             "prefix_cache_hit_ratio": state.hit_ratio,
             "prefix_cache_hits_total": state.sample.hits,
             "prefix_cache_queries_total": state.sample.queries,

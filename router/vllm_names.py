@@ -1,4 +1,4 @@
-"""The vLLM metric names the scraper reads (SPEC 4), in one place.
+"""The vLLM metric names the scraper reads, in one place.
 
 The scraper imports these; deploy/check.py checks the Grafana dashboard against them, so a
 dashboard query on a vLLM series the router does not know about fails CI.

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from router.app import REPLICAS, build_app
+from router.app import FLEET, build_app
 from tests.conftest import ROOT, free_port, router_config
 
 CHAT = "/v1/chat/completions"
@@ -107,10 +107,10 @@ class LiveRouter:
         return answer
 
     def inflight(self) -> dict[str, int]:
-        replicas = self.app[REPLICAS]
-        counts = {url: r.inflight for url, r in replicas.replicas.items()}
-        counts.update({f"load:{url}": int(replicas.loads.get(url) or 0) for url in counts})
-        for url in replicas.replicas:
+        fleet = self.app[FLEET]
+        counts = {url: fleet.loads.inflight(url) for url in fleet.replicas.replicas}
+        counts.update({f"load:{url}": int(fleet.loads.table.get(url) or 0) for url in counts})
+        for url in fleet.replicas.replicas:
             gauge = REGISTRY.get_sample_value("router_inflight_requests", {"replica": url})
             counts[f"gauge:{url}"] = int(gauge or 0)
         return counts

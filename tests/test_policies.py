@@ -5,13 +5,14 @@ import random
 import pytest
 
 from router.core.keys import NO_KEY, KeyKind, RoutingKey, hash_point
+from router.core.loads import LoadTable
 from router.core.policies import (
     POLICY_NAMES,
     Outcome,
     SessionPolicy,
     make_policy,
 )
-from router.core.ring import LoadTable, SpillTable
+from router.core.ring import SpillTable
 
 REPLICAS = [f"http://r{i}:8000" for i in range(4)]
 

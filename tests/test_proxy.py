@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from router.app import REPLICAS
+from router.app import FLEET
 from router.config import ReplicaSpec
 from tests.conftest import RouterClient, Upstreams, chat, dead_url
 from tests.fake_upstream import FakeUpstream
@@ -288,15 +288,15 @@ async def test_a_replica_leaving_and_rejoining_mid_stream_keeps_its_inflight_cou
 ) -> None:
     ((_, url),) = await upstreams(1, chunks=4, chunk_delay=0.1)
     client = await router([url])
-    replicas = client.app[REPLICAS]
+    fleet = client.app[FLEET]
     response = await client.post("/v1/chat/completions", json=chat("s"))
     await response.content.readline()
-    replicas.set_members([])  # DNS drops the replica while the stream goes on ...
-    replicas.set_members([ReplicaSpec(url)])  # ... and brings it back
+    fleet.replicas.set_members([])  # DNS drops the replica while the stream goes on ...
+    fleet.replicas.set_members([ReplicaSpec(url)])  # ... and brings it back
     await response.read()
     await asyncio.sleep(0.05)
-    assert replicas.replicas[url].inflight == 0
-    assert replicas.loads.get(url) == 0
+    assert fleet.loads.inflight(url) == 0
+    assert fleet.loads.table.get(url) == 0
 
 
 async def test_a_departed_replica_leaves_no_series_behind(
@@ -311,8 +311,7 @@ async def test_a_departed_replica_leaves_no_series_behind(
         await response.read()
     page = await (await client.get("/metrics")).text()
     assert f'replica="{url}"' in page
-    replicas = client.app[REPLICAS]
-    replicas.set_members([ReplicaSpec(other)])
+    client.app[FLEET].replicas.set_members([ReplicaSpec(other)])
     page = await (await client.get("/metrics")).text()
     assert f'replica="{url}"' not in page
     assert f'replica="{other}"' in page

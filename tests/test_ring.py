@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.core.keys import hash_point
-from router.core.ring import HashRing, LoadTable, SpillTable, bounded, capacity
+from router.core.loads import LoadTable
+from router.core.ring import HashRing, SpillTable, bounded, capacity
 
 REPLICAS = [f"http://10.0.0.{i}:8000" for i in range(1, 10)]
 POINTS = [hash_point(f"session-{i}") for i in range(100_000)]

@@ -1,4 +1,4 @@
-"""Routing-key extraction (SPEC 2.1): which conversation does a request belong to?
+"""Routing-key extraction: which conversation does a request belong to?
 
 First match wins: a session header, then a body field, then a hash of the conversation's anchor
 (system prompt(s) + first user message, or the opening of a completions prompt), else no key.
@@ -39,6 +39,8 @@ DEFAULT_BODY_FIELDS: tuple[str, ...] = (
 # What a key is taken from (`--key-source`): session ids first, else the prompt anchor; or the
 # prompt anchor alone.
 KEY_SOURCES = ("session", "prompt")
+DEFAULT_PREFIX_CHARS = 2048  # characters of a completions prompt that anchor it
+DEFAULT_ANCHOR_MAX_CHARS = 16384  # longest anchor hashed: bounds the work per request
 MAX_RAW_KEY_BYTES = 256
 # The key travels upstream as X-Session-Id; HTTP clients refuse control characters in headers.
 HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -100,13 +102,13 @@ class KeyRules:
     session_headers: tuple[str, ...] = DEFAULT_SESSION_HEADERS
     session_header_pattern: str = DEFAULT_SESSION_HEADER_PATTERN
     body_fields: tuple[str, ...] = DEFAULT_BODY_FIELDS
-    prefix_chars: int = 2048  # K: characters of a completions prompt that anchor it
-    anchor_max_chars: int = 16384  # longest anchor hashed: bounds the work per request
+    prefix_chars: int = DEFAULT_PREFIX_CHARS
+    anchor_max_chars: int = DEFAULT_ANCHOR_MAX_CHARS
     use_session_ids: bool = True
 
 
 class KeyExtractor:
-    """Turns (headers, parsed JSON body) into a RoutingKey following SPEC 2.1."""
+    """Turns (headers, parsed JSON body) into a RoutingKey (docs/design.md, "Keys")."""
 
     def __init__(self, rules: KeyRules | None = None) -> None:
         self.rules = rules or KeyRules()

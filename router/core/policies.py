@@ -1,4 +1,4 @@
-"""The strategies behind `--policy` (SPEC 2.3), one interface: key + loads -> ordered candidates.
+"""The strategies behind `--policy`, one interface: key + loads -> ordered candidates.
 
 `route()` returns at most `attempts` candidates: the first is where the request goes, the rest
 are failover in order ("attempt n+1" of the same choice). Pure: time and randomness are passed in.
@@ -15,11 +15,11 @@ from enum import Enum
 from typing import Protocol
 
 from router.core.keys import RoutingKey
+from router.core.loads import LoadTable
 from router.core.ring import (
     DEFAULT_LOAD_FACTOR,
     DEFAULT_VNODES,
     HashRing,
-    LoadTable,
     SpillTable,
     bounded,
     capacity,
@@ -32,6 +32,7 @@ class Outcome(str, Enum):
     STICKY_SPILL = "sticky_spill"  # home still at capacity: back where the key spilled before
     NO_KEY = "no_key"  # nothing to hash: least loaded
     BALANCED = "balanced"  # a policy that ignores keys (round_robin, random, least_loaded)
+    FAILOVER = "failover"  # the first candidate failed before any byte: the next one
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""Consistent hashing with bounded loads (SPEC 2.2). Pure: no I/O, time is passed in.
+"""Consistent hashing with bounded loads. Pure: no I/O, time is passed in.
 
 Three separate pieces, as in Envoy: `HashRing` turns a key's point into replicas in ring order;
-`bounded` filters any such order by capacity; `SpillTable` remembers where spilled keys went.
+`bounded` filters any such order by capacity; `SpillTable` remembers where spilled keys went
+(docs/design.md, "Ring and placement").
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from collections.abc import Iterator, Mapping
 
 import xxhash
 
+from router.core.loads import LoadTable
+
 # 512, not the 160 of ketama: measured over 200 random 8-replica fleets, the most loaded replica's
 # share of keys (max/mean) was median 1.111 / p90 1.179 at 160 vnodes and 1.057 / 1.094 at 512.
 DEFAULT_VNODES = 512
 DEFAULT_LOAD_FACTOR = 1.25
+DEFAULT_SPILL_ENTRIES = 100_000
+DEFAULT_SPILL_TTL = 600.0
 
 
 class HashRing:
@@ -62,46 +67,6 @@ class HashRing:
                     return
 
 
-class LoadTable:
-    """Load of each healthy replica plus the running total that capacity needs (O(1) reads).
-
-    Only healthy replicas are present: absence is how the policies learn a replica is out.
-    """
-
-    def __init__(self, loads: Mapping[str, float] | None = None) -> None:
-        self._loads: dict[str, float] = {}
-        self.total = 0.0
-        for replica, load in (loads or {}).items():
-            self.set(replica, load)
-
-    def set(self, replica: str, load: float) -> None:
-        self.total += load - self._loads.get(replica, 0.0)
-        self._loads[replica] = load
-
-    def add(self, replica: str, delta: float) -> None:
-        if replica in self._loads:
-            self._loads[replica] += delta
-            self.total += delta
-
-    def remove(self, replica: str) -> None:
-        self.total -= self._loads.pop(replica, 0.0)
-
-    def get(self, replica: str) -> float | None:
-        return self._loads.get(replica)
-
-    def __contains__(self, replica: object) -> bool:
-        return replica in self._loads
-
-    def __len__(self) -> int:
-        return len(self._loads)
-
-    def items(self) -> Iterator[tuple[str, float]]:
-        return iter(self._loads.items())
-
-    def replicas(self) -> list[str]:
-        return list(self._loads)
-
-
 def capacity(total_load: float, healthy: int, load_factor: float = DEFAULT_LOAD_FACTOR) -> int:
     """Most load one replica may carry before new keys spill: ceil(c * (total + 1) / n)."""
     return math.ceil(load_factor * (total_load + 1) / max(healthy, 1))
@@ -131,7 +96,9 @@ class SpillTable:
     Bounded in entries (least recently used dropped first) and in time (entries expire).
     """
 
-    def __init__(self, max_entries: int = 100_000, ttl: float = 600.0) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_SPILL_ENTRIES, ttl: float = DEFAULT_SPILL_TTL
+    ) -> None:
         self.max_entries = max_entries
         self.ttl = ttl
         self._entries: OrderedDict[int, tuple[str, float]] = OrderedDict()

@@ -1,0 +1,43 @@
+"""The replicas and the routing state over them, wired together once."""
+
+from __future__ import annotations
+
+from router.config import Config
+from router.core.loads import Loads
+from router.core.outliers import OutlierDetector
+from router.core.policies import Policy, make_policy
+from router.core.ring import SpillTable
+from router.replicas import ReplicaSet
+
+
+class Fleet:
+    """The replicas and the routing state over them, wired so that membership and health
+    changes reach the ring, the load accounting and outlier detection through one hook each."""
+
+    def __init__(self, config: Config) -> None:
+        spill = SpillTable(config.spill_table_size, config.spill_ttl)
+        self.policy: Policy = make_policy(config.policy, config.vnodes, config.load_factor, spill)
+        self.loads = Loads(config.load_signal)
+        self.outliers = OutlierDetector(config.outlier_ttft_factor, config.outlier_min_ttft)
+        self.replicas = ReplicaSet(config)
+        self.replicas.on_members += [self.loads.set_members, self.policy.set_replicas]
+        self.replicas.on_health += [self.loads.set_healthy, self.health_changed]
+
+    def health_changed(self, url: str, healthy: bool) -> None:
+        self.outliers.forget(url)  # a fresh start after ejection
+
+    def status(self, now: float) -> list[dict[str, object]]:
+        table = self.loads.table
+        return [
+            {
+                **row,
+                "inflight": self.loads.inflight(str(row["url"])),
+                "load": table.get(str(row["url"])),
+                "ttft_average_s": _rounded(self.outliers.average(str(row["url"]))),
+            }
+            for row in self.replicas.status(now)
+        ]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
