@@ -27,7 +27,14 @@ from typing import IO, Any
 from locust import HttpUser, events, task
 from locust.env import Environment
 
-from bench.workload import Workload, session_id, system_prompt, think_seconds, user_message
+from bench.workload import (
+    Workload,
+    is_hot,
+    session_id,
+    system_prompt,
+    think_seconds,
+    user_message,
+)
 
 DEFAULTS = Workload()
 
@@ -105,6 +112,27 @@ def _add_arguments(parser: Any) -> None:
         env_var="BENCH_EXTRA_BODY",
         help='JSON merged into every request body, e.g. {"temperature": 0}',
     )
+    add(
+        "--hot-share",
+        type=float,
+        default=DEFAULTS.hot_share,
+        env_var="BENCH_HOT_SHARE",
+        help="share of sessions that are hot (longer document, faster turns)",
+    )
+    add(
+        "--hot-context-factor",
+        type=float,
+        default=DEFAULTS.hot_context_factor,
+        env_var="BENCH_HOT_CONTEXT_FACTOR",
+        help="a hot session's document is this many times longer",
+    )
+    add(
+        "--hot-pace-factor",
+        type=float,
+        default=DEFAULTS.hot_pace_factor,
+        env_var="BENCH_HOT_PACE_FACTOR",
+        help="a hot session's turns come this many times faster",
+    )
     add("--records", default="", env_var="BENCH_RECORDS",
         help="write one JSON line per request to this file", include_in_web_ui=False)  # fmt: skip
 
@@ -118,6 +146,9 @@ def _workload(options: Any) -> Workload:
         answer_tokens=int(options.answer_tokens),
         turns=int(options.turns),
         think_time=float(options.think_time),
+        hot_share=float(options.hot_share),
+        hot_context_factor=float(options.hot_context_factor),
+        hot_pace_factor=float(options.hot_pace_factor),
     )
 
 
@@ -258,6 +289,7 @@ class ChatUser(HttpUser):
                 "user": conv.user,
                 "session": conv.number,
                 "session_id": sid,
+                "hot": is_hot(self.workload, conv.user, conv.number),
                 "turn": conv.turn,
                 "started_at": started_at,
                 "ttft_ms": result.ttft_ms,

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from router.core.keys import KeyExtractor
-from router.core.loads import LoadTable
-from router.core.policies import SessionPolicy
+from router.core.keys import KeyExtractor, opens_conversation
+from router.core.loads import Loads
+from router.core.policies import SessionPolicy, Turn
 
 REPLICA_COUNTS = (4, 64, 1024)
 
@@ -63,16 +63,22 @@ def main() -> None:
         replicas = [f"http://10.{count}.{i // 256}.{i % 256}:8000" for i in range(count)]
         policy = SessionPolicy()
         policy.set_replicas(dict.fromkeys(replicas, 1.0))
-        loads = LoadTable({r: float(rng.randrange(0, 8)) for r in replicas})
+        loads = Loads()
+        loads.set_members(replicas)
+        for replica in replicas:
+            loads.set_healthy(replica, True)
+            for _ in range(rng.randrange(0, 8)):
+                loads.start(replica, rng.uniform(0, 4000))
 
-        def route(i: int, policy: SessionPolicy = policy, loads: LoadTable = loads) -> object:
-            return policy.route(many_keys[i % 4096], loads, float(i), 3)
+        def route(i: int, policy: SessionPolicy = policy, loads: Loads = loads) -> object:
+            return policy.route(Turn(many_keys[i % 4096], 3000.0), loads, float(i), 3)
 
         def extract_and_route(
-            i: int, policy: SessionPolicy = policy, loads: LoadTable = loads
+            i: int, policy: SessionPolicy = policy, loads: Loads = loads
         ) -> object:
-            key = extractor.extract({}, bodies[i % 64])
-            return policy.route(key, loads, float(i), 3)
+            body = bodies[i % 64]
+            turn = Turn(extractor.extract({}, body), 3000.0, opens_conversation(body))
+            return policy.route(turn, loads, float(i), 3)
 
         route_us = per_call_us(route, args.decisions)
         both_us = per_call_us(extract_and_route, args.decisions // 4)

@@ -82,6 +82,28 @@ def ideal_cached_tokens(
     return total
 
 
+def fully_cached_later_turns(
+    records: Iterable[Mapping[str, Any]], block_size: int = BLOCK_SIZE
+) -> tuple[int, int]:
+    """(later turns whose cached tokens cover the previous turn's prompt + answer in whole
+    blocks, later turns with a known previous turn): the share that found their cache."""
+    done = [r for r in records if ok(r) and r.get("prompt_tokens") is not None]
+    by_key = {(r["session_id"], r["turn"]): r for r in done}
+    hits = total = 0
+    for record in done:
+        previous = by_key.get((record["session_id"], record["turn"] - 1))
+        if previous is None or previous.get("completion_tokens") is None:
+            continue
+        if record.get("cached_tokens") is None:
+            continue
+        extended = int(previous["prompt_tokens"]) + int(previous["completion_tokens"])
+        # vLLM keeps no KV for the answer's last sampled token: one block less at worst.
+        reusable = (min(extended - 1, int(record["prompt_tokens"]) - 1)) // block_size * block_size
+        total += 1
+        hits += int(record["cached_tokens"]) >= reusable
+    return hits, total
+
+
 def counter_deltas(
     before: Mapping[str, ReplicaCounters], after: Mapping[str, ReplicaCounters]
 ) -> dict[str, ReplicaCounters]:
@@ -159,6 +181,16 @@ def summarise_policy(
         load_source = "replica vllm:prompt_tokens_total (tokens)"
         load_by_replica = {name: deltas[name].prompt_tokens for name in names}
     max_mean = max_over_mean(load_values)
+    tokens_by_replica: dict[str, float] = defaultdict(float)
+    for r in done:
+        if r.get("replica") and r.get("prompt_tokens") is not None:
+            tokens_by_replica[str(r["replica"])] += int(r["prompt_tokens"])
+    if not tokens_by_replica:
+        tokens_by_replica.update({name: deltas[name].prompt_tokens for name in deltas})
+    token_names = list(replicas) if replicas else sorted(tokens_by_replica)
+    max_mean_tokens = max_over_mean([tokens_by_replica.get(name, 0.0) for name in token_names])
+    fully, later_known = fully_cached_later_turns(done, block_size)
+    decisions = Counter(str(r.get("route") or "").partition("/")[2] or "unknown" for r in done)
 
     return {
         "requests": len(done),
@@ -184,6 +216,11 @@ def summarise_policy(
         "ideal_hit_ratio": None if ideal is None else round(ideal, 4),
         "prompt_tokens": prompt_tokens,
         "max_mean_load": None if max_mean is None else round(max_mean, 3),
+        "max_mean_prompt_tokens": None if max_mean_tokens is None else round(max_mean_tokens, 3),
+        "prompt_tokens_by_replica": dict(tokens_by_replica),
+        "later_turns_fully_cached": fully,
+        "later_turns_known": later_known,
+        "decisions": dict(decisions),
         "load_source": load_source,
         "load_by_replica": load_by_replica,
         "prefix_cache_queries": queries,
@@ -203,22 +240,38 @@ def _ratio(value: object) -> str:
     return "–" if value is None else f"{float(value):.1%}"  # type: ignore[arg-type]
 
 
+def _share(part: object, whole: object) -> str:
+    if not isinstance(part, (int, float)) or not isinstance(whole, (int, float)) or not whole:
+        return "–"
+    return f"{part}/{whole} ({part / whole:.0%})"
+
+
+def _decisions(counts: Mapping[str, int]) -> str:
+    return ", ".join(
+        f"{name} {count}" for name, count in sorted(counts.items(), key=lambda i: -i[1])
+    )
+
+
 def table(policies: Mapping[str, Mapping[str, Any]]) -> str:
     """The Markdown table of report.md and docs/benchmark.md."""
     rows = [
-        "| policy | TTFT p50 / p90 / p99 (ms) | first turn p50 / p90 / p99 | later turns "
-        "p50 / p90 / p99 | req/s | errors | hit ratio | ideal | max/mean load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | first turn TTFT p50 / p90 / p99 (ms) | later turns p50 / p90 / p99 | req/s "
+        "| errors | hit ratio (ideal) | of ideal | later turns fully cached | max/mean prompt "
+        "tokens | decisions |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in policies.items():
         trio = [
             " / ".join(_cell(s.get(f"{prefix}_p{q}_ms")) for q in (50, 90, 99))
-            for prefix in ("ttft", "first_turn_ttft", "later_turns_ttft")
+            for prefix in ("first_turn_ttft", "later_turns_ttft")
         ]
+        hit, ideal = s.get("hit_ratio"), s.get("ideal_hit_ratio")
+        of_ideal = f"{hit / ideal:.2f}" if hit is not None and ideal else "–"
         rows.append(
-            f"| {name} | {trio[0]} | {trio[1]} | {trio[2]} | {_cell(s.get('requests_per_s'))} | "
-            f"{s.get('errors')} | {_ratio(s.get('hit_ratio'))} | {_ratio(s.get('ideal_hit_ratio'))}"
-            f" | {_cell(s.get('max_mean_load'))} |"
+            f"| {name} | {trio[0]} | {trio[1]} | {_cell(s.get('requests_per_s'))} | "
+            f"{s.get('errors')} | {_ratio(hit)} ({_ratio(ideal)}) | {of_ideal} | "
+            f"{_share(s.get('later_turns_fully_cached'), s.get('later_turns_known'))} | "
+            f"{_cell(s.get('max_mean_prompt_tokens'))} | {_decisions(s.get('decisions') or {})} |"
         )
     return "\n".join(rows)
 

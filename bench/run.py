@@ -42,7 +42,14 @@ from bench.workload import Workload
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "bench" / "locustfile.py"
 RESULTS = ROOT / "bench" / "results"
-BUILTIN_POLICIES = ("session", "prefix", "round_robin", "random", "least_loaded")
+BUILTIN_POLICIES = (
+    "session",
+    "prefix",
+    "consistent_hash",
+    "round_robin",
+    "random",
+    "least_loaded",
+)
 # `prefix`: the session policy keyed on the prompt anchor alone, measured without a session id.
 ROUTER_ARGS = {"prefix": ("--policy", "session", "--key-source", "prompt")}
 NO_HEADER_POLICIES = ("prefix",)
@@ -155,6 +162,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--answer-tokens", type=int, help="max_tokens per request")
     g.add_argument("--turns", type=int, help="turns per session")
     g.add_argument("--think-time", type=float, help="mean pause between turns (s)")
+    g.add_argument("--hot-share", type=float, help="share of hot sessions (skewed workload)")
+    g.add_argument("--hot-context-factor", type=float, help="hot sessions' document factor")
+    g.add_argument("--hot-pace-factor", type=float, help="hot sessions' turn-rate factor")
     g.add_argument("--session-header", default="X-Session-Id", help="header with the session id")
     g.add_argument("--model", default="", help="model name (default: first of /v1/models)")
     g.add_argument(
@@ -182,6 +192,9 @@ def size_of(args: argparse.Namespace) -> Size:
             "answer_tokens",
             "turns",
             "think_time",
+            "hot_share",
+            "hot_context_factor",
+            "hot_pace_factor",
         )
         if getattr(args, name) is not None
     }
@@ -519,6 +532,12 @@ def locust_command(
         str(w.turns),
         "--think-time",
         str(w.think_time),
+        "--hot-share",
+        str(w.hot_share),
+        "--hot-context-factor",
+        str(w.hot_context_factor),
+        "--hot-pace-factor",
+        str(w.hot_pace_factor),
     ]
     if args.model:
         cmd += ["--model", args.model]

@@ -38,6 +38,11 @@ class Workload:
     answer_tokens: int = 120  # max_tokens of every request
     turns: int = 6  # turns per session, then the user starts a new session
     think_time: float = 1.0  # mean seconds between an answer and the next question
+    # Skew: this share of sessions is "hot": its document is `hot_context_factor` times longer
+    # and its turns come `hot_pace_factor` times faster (an agent rather than a person).
+    hot_share: float = 0.0
+    hot_context_factor: float = 3.0
+    hot_pace_factor: float = 3.0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -50,6 +55,13 @@ def _rng(workload: Workload, *parts: object) -> random.Random:
 
 def _words(rng: random.Random, count: int, pool: tuple[str, ...] | list[str]) -> list[str]:
     return [rng.choice(pool) for _ in range(count)]
+
+
+def is_hot(workload: Workload, user: int, session: int) -> bool:
+    """Whether this session is one of the hot ones (seeded: the same in every run)."""
+    return workload.hot_share > 0 and _rng(workload, "hot", user, session).random() < (
+        workload.hot_share
+    )
 
 
 def session_id(workload: Workload, user: int, session: int) -> str:
@@ -88,11 +100,14 @@ def _code_file(rng: random.Random, tokens: int) -> str:
 def first_message(workload: Workload, user: int, session: int) -> str:
     """The long first turn: a generated document or code file, then a question about it."""
     rng = _rng(workload, "context", user, session)
+    tokens = workload.context_tokens
+    if is_hot(workload, user, session):
+        tokens = round(tokens * workload.hot_context_factor)
     if rng.random() < 0.5:
-        body = _code_file(rng, workload.context_tokens)
+        body = _code_file(rng, tokens)
         ask = "Here is a file from our code base. Explain what it does, briefly."
     else:
-        body = _document(rng, workload.context_tokens)
+        body = _document(rng, tokens)
         ask = "Here is a design document. Summarise the main points, briefly."
     return f"{ask}\n\n{body}"
 
@@ -109,7 +124,8 @@ def think_seconds(workload: Workload, user: int, session: int, turn: int) -> flo
     if workload.think_time <= 0:
         return 0.0
     rng = _rng(workload, "think", user, session, turn)
-    return workload.think_time * rng.uniform(0.5, 1.5)
+    pace = workload.hot_pace_factor if is_hot(workload, user, session) else 1.0
+    return workload.think_time * rng.uniform(0.5, 1.5) / pace
 
 
 def user_message(workload: Workload, user: int, session: int, turn: int) -> str:

@@ -24,13 +24,14 @@ from router.core.keys import (
     KEY_SOURCES,
 )
 from router.core.loads import LOAD_SIGNALS
-from router.core.policies import POLICY_NAMES
-from router.core.ring import (
-    DEFAULT_LOAD_FACTOR,
-    DEFAULT_SPILL_ENTRIES,
-    DEFAULT_SPILL_TTL,
-    DEFAULT_VNODES,
+from router.core.placement import (
+    DEFAULT_BYTES_PER_TOKEN,
+    DEFAULT_CONVERSATION_TTL,
+    DEFAULT_CONVERSATIONS,
+    DEFAULT_FIRST_TURN_CHOICES,
 )
+from router.core.policies import POLICY_NAMES
+from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -109,7 +110,9 @@ class Config:
         group="routing",
     )
     load_factor: float = setting(
-        "Bounded-loads factor c: a replica takes new keys while its load < ceil(c*(total+1)/n).",
+        "Bounded-loads factor c. session: a replica is within bound while the prefill it owes "
+        "is <= c*(fleet total + the request)/n; consistent_hash: while its in-flight count is "
+        "< ceil(c*(total+1)/n).",
         default=DEFAULT_LOAD_FACTOR,
         group="routing",
     )
@@ -117,19 +120,40 @@ class Config:
         "Virtual nodes per replica of weight 1.", default=DEFAULT_VNODES, group="routing"
     )
     load_signal: str = setting(
-        "Load the bounded walk uses: in-flight through this router (local), the replicas' "
-        "scraped running+waiting (scraped), or the larger of both (both).",
+        "What loads count: this router's own accounting (local); with scraped or both, the "
+        "replicas' scraped running+waiting too (session: requests other routers sent, added to "
+        "the fresh local work; consistent_hash: the scraped count, or the larger of both).",
         default="local",
         choices=LOAD_SIGNALS,
         group="routing",
     )
-    spill_table_size: int = setting(
-        "Most spilled keys remembered for spill stickiness.",
-        default=DEFAULT_SPILL_ENTRIES,
+    first_turn_choices: int = setting(
+        "session: ring candidates a conversation's first turn may be placed on (the first within "
+        "bound in work and in KV footprint).",
+        default=DEFAULT_FIRST_TURN_CHOICES,
         group="routing",
     )
-    spill_ttl: float = setting(
-        "Seconds a spill is remembered.", default=DEFAULT_SPILL_TTL, group="routing"
+    prefill_rate: float = setting(
+        "session: replicas' prefill speed in estimated tokens/s, for the spill rule (0: learn "
+        "each replica's from its times to first token).",
+        default=0.0,
+        group="routing",
+    )
+    bytes_per_token: float = setting(
+        "Request body bytes per estimated prompt token (work is counted in these tokens).",
+        default=DEFAULT_BYTES_PER_TOKEN,
+        group="routing",
+    )
+    placement_table_size: int = setting(
+        "Most conversations whose replica is remembered (session: where its cache is; "
+        "consistent_hash: where it spilled).",
+        default=DEFAULT_CONVERSATIONS,
+        group="routing",
+    )
+    placement_ttl: float = setting(
+        "Seconds a conversation's replica is remembered after its last turn.",
+        default=DEFAULT_CONVERSATION_TTL,
+        group="routing",
     )
     session_header: list[str] = setting(
         "Session headers in priority order (repeatable; replaces the default list).",
@@ -239,8 +263,10 @@ class Config:
                 raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(choices)}")
         if self.load_factor < 1.0:
             raise ConfigError("--load-factor must be >= 1.0")
-        if self.max_attempts < 1 or self.vnodes < 1:
-            raise ConfigError("--max-attempts and --vnodes must be >= 1")
+        if self.max_attempts < 1 or self.vnodes < 1 or self.first_turn_choices < 1:
+            raise ConfigError("--max-attempts, --vnodes and --first-turn-choices must be >= 1")
+        if self.bytes_per_token <= 0 or self.prefill_rate < 0:
+            raise ConfigError("--bytes-per-token must be > 0 and --prefill-rate >= 0")
         if self.replicas_dns and ":" not in self.replicas_dns:
             raise ConfigError("--replicas-dns takes HOST:PORT")
         self.replica_specs  # noqa: B018 - parse now so that a bad spec fails at start-up

@@ -5,6 +5,7 @@ from __future__ import annotations
 from router.config import Config
 from router.core.loads import Loads
 from router.core.outliers import OutlierDetector
+from router.core.placement import ConversationTable
 from router.core.policies import Policy, make_policy
 from router.core.ring import SpillTable
 from router.replicas import ReplicaSet
@@ -15,9 +16,15 @@ class Fleet:
     changes reach the ring, the load accounting and outlier detection through one hook each."""
 
     def __init__(self, config: Config) -> None:
-        spill = SpillTable(config.spill_table_size, config.spill_ttl)
-        self.policy: Policy = make_policy(config.policy, config.vnodes, config.load_factor, spill)
-        self.loads = Loads(config.load_signal)
+        self.policy: Policy = make_policy(
+            config.policy,
+            config.vnodes,
+            config.load_factor,
+            conversations=ConversationTable(config.placement_table_size, config.placement_ttl),
+            spill=SpillTable(config.placement_table_size, config.placement_ttl),
+            first_turn_choices=config.first_turn_choices,
+        )
+        self.loads = Loads(config.load_signal, config.prefill_rate)
         self.outliers = OutlierDetector(config.outlier_ttft_factor, config.outlier_min_ttft)
         self.replicas = ReplicaSet(config)
         self.replicas.on_members += [self.loads.set_members, self.policy.set_replicas]

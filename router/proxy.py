@@ -23,10 +23,10 @@ from multidict import CIMultiDictProxy
 
 from router import metrics
 from router.config import Config
-from router.core.keys import KeyExtractor, RoutingKey, redact
-from router.core.loads import Loads
+from router.core.keys import KeyExtractor, RoutingKey, opens_conversation, redact
+from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
-from router.core.policies import Outcome, Policy, Route
+from router.core.policies import Outcome, Policy, Route, Turn
 from router.replicas import ReplicaSet
 
 log = logging.getLogger("router.proxy")
@@ -100,6 +100,7 @@ class ProxyHandler:
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
         self.static_headers = config.static_headers
+        self.bytes_per_token = config.bytes_per_token
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.api_keys = tuple(key.encode() for key in config.api_key)
         self.inflight = 0
@@ -143,14 +144,15 @@ class ProxyHandler:
         if problem is not None:
             return self.finish(problem, "none", None, received)
         key = self.extractor.extract(request.headers, parsed)
+        turn = Turn(key, len(body) / self.bytes_per_token, opens_conversation(parsed))
         # --- choose
-        route = self.policy.route(key, self.loads.table, time.monotonic(), self.config.max_attempts)
+        route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         if not route.candidates:
             reply = error_response(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"
             return self.finish(reply, key.kind.value, None, received)
         # --- forward, relay, record
-        return await self.forward(request, body, key, route, received)
+        return await self.forward(request, body, turn, route, received)
 
     async def read_body(self, request: web.Request) -> tuple[bytes, Any, web.Response | None]:
         if (
@@ -193,10 +195,11 @@ class ProxyHandler:
         self,
         request: web.Request,
         body: bytes,
-        key: RoutingKey,
+        turn: Turn,
         route: Route,
         received: float,
     ) -> web.StreamResponse:
+        key = turn.key
         kind = key.kind.value
         metrics.ROUTE_DECISIONS.labels(kind, route.outcome.value).inc()
         headers = self.upstream_headers(request.headers, key)
@@ -205,8 +208,10 @@ class ProxyHandler:
             if attempt:
                 metrics.ROUTE_DECISIONS.labels(kind, Outcome.FAILOVER.value).inc()
             replica = self.replicas.get(url)
-            account = self.loads.start(url) if replica is not None else None
-            if replica is None or account is None:
+            # The first candidate was chosen knowing what it holds; a failover prefills it all.
+            tokens = route.tokens if attempt == 0 else turn.tokens
+            ticket = self.loads.start(url, tokens) if replica is not None else None
+            if replica is None or ticket is None:
                 continue
             metrics.INFLIGHT.labels(url).inc()
             try:
@@ -226,14 +231,17 @@ class ProxyHandler:
                 if upstream.status in RETRY_STATUSES and not last:
                     upstream.release()
                     raise UpstreamFailure("status", 502, f"replica answered {upstream.status}")
-                outcome = route.outcome if attempt == 0 else Outcome.FAILOVER
-                return await self.relay(request, upstream, url, kind, outcome, received)
+                outcome = route.outcome
+                if attempt:
+                    outcome = Outcome.FAILOVER
+                    self.policy.moved(turn, url, time.monotonic())
+                return await self.relay(request, upstream, ticket, kind, outcome, received)
             except UpstreamFailure as error:
                 failure = error
                 metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
                 self.replicas.record_failure(url, time.monotonic(), str(error))
             finally:
-                if self.loads.finish(account):
+                if self.loads.finish(ticket):
                     metrics.INFLIGHT.labels(url).dec()
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
@@ -298,12 +306,13 @@ class ProxyHandler:
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
-        url: str,
+        ticket: Ticket,
         kind: str,
         outcome: Outcome,
         received: float,
     ) -> web.StreamResponse:
         """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
+        url = ticket.account.url
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in upstream.headers.items():
             if name.lower() not in HOP_BY_HOP:
@@ -324,6 +333,8 @@ class ProxyHandler:
                 if first:
                     ttft = time.perf_counter() - received
                     metrics.TTFT.labels(url).observe(ttft)
+                    # A stream's first chunk ends prefill; a plain body's first chunk ends it all.
+                    self.loads.first_token(ticket, ttft if is_sse else None)
                     slow = self.outliers.observe(url, ttft, time.monotonic())
                     if slow is not None:
                         self.replicas.eject(url, time.monotonic(), slow)

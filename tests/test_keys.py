@@ -12,6 +12,7 @@ from router.core.keys import (
     KeyKind,
     KeyRules,
     chat_anchor,
+    opens_conversation,
     redact,
 )
 
@@ -220,3 +221,18 @@ def test_any_json_body_gives_a_key_without_raising(body: Any) -> None:
     extract({}, body)
     extract({}, {"messages": body})
     extract({}, {"messages": [{"role": "user", "content": body}], "metadata": body})
+
+
+def test_a_request_without_earlier_answers_opens_a_conversation() -> None:
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "Hi"}
+    answer = {"role": "assistant", "content": "Hello"}
+    assert opens_conversation({"messages": [system, user]})
+    assert not opens_conversation({"messages": [system, user, answer, user]})
+    assert not opens_conversation({"messages": [user, {"role": "tool", "content": "42"}]})
+    assert opens_conversation({"input": "Hi"})
+    assert not opens_conversation({"input": "Hi", "previous_response_id": "resp_1"})
+    assert not opens_conversation({"input": [user, {"type": "function_call_output"}]})
+    assert not opens_conversation({"prompt": "Once upon a time"})  # completions cannot tell
+    assert opens_conversation({"messages": [{"role": ["odd"]}, {"role": {"x": 1}}]})
+    assert not opens_conversation([1, 2])

@@ -39,6 +39,8 @@ DEFAULT_BODY_FIELDS: tuple[str, ...] = (
 # What a key is taken from (`--key-source`): session ids first, else the prompt anchor; or the
 # prompt anchor alone.
 KEY_SOURCES = ("session", "prompt")
+# Message roles (and Responses item types) that only a conversation's later turns carry.
+ANSWER_ROLES = frozenset({"assistant", "tool", "function", "function_call", "function_call_output"})
 DEFAULT_PREFIX_CHARS = 2048  # characters of a completions prompt that anchor it
 DEFAULT_ANCHOR_MAX_CHARS = 16384  # longest anchor hashed: bounds the work per request
 MAX_RAW_KEY_BYTES = 256
@@ -172,6 +174,28 @@ class KeyExtractor:
         if isinstance(prompt, list):  # token ids
             return ",".join(str(t) for t in prompt[: self.rules.prefix_chars])
         return ""
+
+
+def opens_conversation(body: Any) -> bool:
+    """Whether a request is a conversation's first turn: chat messages (or Responses input items)
+    with no earlier answer in them. A completions prompt cannot tell, so it never is."""
+    if not isinstance(body, dict):
+        return False
+    turns = body.get("messages")
+    if turns is None:
+        if body.get("previous_response_id"):
+            return False
+        turns = body.get("input")
+        if isinstance(turns, str):
+            return True
+    if not isinstance(turns, list):
+        return False
+    for item in turns:
+        if isinstance(item, dict):
+            role = item.get("role", item.get("type"))
+            if isinstance(role, str) and role in ANSWER_ROLES:
+                return False
+    return True
 
 
 def chat_anchor(messages: Iterable[Any]) -> str:

@@ -1,4 +1,4 @@
-"""The strategies behind `--policy`, one interface: key + loads -> ordered candidates.
+"""The strategies behind `--policy`, one interface: a turn + loads -> ordered candidates.
 
 `route()` returns at most `attempts` candidates: the first is where the request goes, the rest
 are failover in order ("attempt n+1" of the same choice). Pure: time and randomness are passed in.
@@ -15,7 +15,16 @@ from enum import Enum
 from typing import Protocol
 
 from router.core.keys import RoutingKey
-from router.core.loads import LoadTable
+from router.core.loads import Loads, LoadTable, ReplicaLoad
+from router.core.placement import (
+    DEFAULT_CONVERSATION_TTL,
+    DEFAULT_CONVERSATIONS,
+    DEFAULT_FIRST_TURN_CHOICES,
+    SPILL_CHOICES,
+    ConversationTable,
+    place_first_turn,
+    spill_target,
+)
 from router.core.ring import (
     DEFAULT_LOAD_FACTOR,
     DEFAULT_VNODES,
@@ -27,18 +36,31 @@ from router.core.ring import (
 
 
 class Outcome(str, Enum):
-    HOME = "home"  # the key's first healthy replica on the ring
-    SPILLED = "spilled"  # home at capacity: the next replica below capacity
-    STICKY_SPILL = "sticky_spill"  # home still at capacity: back where the key spilled before
+    """Why a request went where it went: the `outcome` label of router_route_decisions_total."""
+
+    HOME = "home"  # where its conversation's cache is (or its ring home, when not known)
+    PLACED = "placed"  # a first turn, placed on the least loaded of its first ring candidates
+    SPILLED = "spilled"  # home too busy: moved (session: cost-aware; consistent_hash: at capacity)
+    STICKY_SPILL = "sticky_spill"  # consistent_hash: home still at capacity, back where it spilled
+    FAILOVER = "failover"  # its replica is out, or the first candidate failed before any byte
     NO_KEY = "no_key"  # nothing to hash: least loaded
     BALANCED = "balanced"  # a policy that ignores keys (round_robin, random, least_loaded)
-    FAILOVER = "failover"  # the first candidate failed before any byte: the next one
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One request as placement sees it."""
+
+    key: RoutingKey
+    tokens: float  # estimated prompt tokens
+    first: bool = False  # no earlier turn in it: its conversation has no cache anywhere yet
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     candidates: tuple[str, ...]
     outcome: Outcome
+    tokens: float = 0.0  # estimated tokens the first candidate must prefill (not cached there)
 
 
 class Policy(Protocol):
@@ -47,8 +69,11 @@ class Policy(Protocol):
     def set_replicas(self, weights: Mapping[str, float]) -> None:
         """Membership changed: rebuild whatever depends on it, once."""
 
-    def route(self, key: RoutingKey, loads: LoadTable, now: float, attempts: int) -> Route:
-        """Ordered candidates among the healthy replicas in `loads`."""
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        """Ordered candidates among the healthy replicas."""
+
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        """A failover candidate served the turn: its conversation's cache is there now."""
 
 
 def least_loaded(loads: LoadTable, attempts: int) -> tuple[str, ...]:
@@ -57,10 +82,112 @@ def least_loaded(loads: LoadTable, attempts: int) -> tuple[str, ...]:
     return tuple(replica for replica, _ in best)
 
 
+def _take(first: str, rest: Iterator[str], attempts: int) -> tuple[str, ...]:
+    return (first, *itertools.islice(rest, max(attempts - 1, 0)))
+
+
 class SessionPolicy:
-    """Consistent hashing with bounded loads and spill stickiness: the product's default."""
+    """Session affinity with work-based placement: the product's default.
+
+    A conversation's first turn goes to the first of its ring candidates within bound in work and
+    in live KV footprint; later turns go where its cache is, and leave only when waiting there
+    costs more than re-prefilling the whole history elsewhere. The ring stays the deterministic
+    home, so router instances agree on first choices without shared state.
+    """
 
     name = "session"
+
+    def __init__(
+        self,
+        vnodes: int = DEFAULT_VNODES,
+        load_factor: float = DEFAULT_LOAD_FACTOR,
+        conversations: ConversationTable | None = None,
+        first_turn_choices: int = DEFAULT_FIRST_TURN_CHOICES,
+    ) -> None:
+        self.vnodes = vnodes
+        self.load_factor = load_factor
+        self.first_turn_choices = max(first_turn_choices, 1)
+        self.conversations = conversations if conversations is not None else ConversationTable()
+        self.ring = HashRing({}, vnodes)
+
+    def set_replicas(self, weights: Mapping[str, float]) -> None:
+        self.conversations.forget_replicas(self.ring.replicas - set(weights))
+        self.ring = HashRing(weights, self.vnodes)
+
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        if not loads.healthy_count():
+            return Route((), Outcome.NO_KEY, turn.tokens)
+        if turn.key.is_none:
+            order = heapq.nsmallest(
+                attempts, loads.healthy(), key=lambda a: (loads.wait(a, turn.tokens), a.url)
+            )
+            return Route(tuple(a.url for a in order), Outcome.NO_KEY, turn.tokens)
+        point = turn.key.point
+        chosen = self._choose(turn, loads, now)
+        if chosen is None:  # healthy replicas that are not on the ring yet
+            return Route(least_loaded(loads.table, attempts), Outcome.NO_KEY, turn.tokens)
+        first, outcome, owed = chosen
+        self.conversations.put(point, first.url, turn.tokens, now)
+        rest = (a.url for a in self._healthy_walk(point, loads) if a is not first)
+        return Route(_take(first.url, rest, attempts), outcome, owed)
+
+    def _choose(
+        self, turn: Turn, loads: Loads, now: float
+    ) -> tuple[ReplicaLoad, Outcome, float] | None:
+        """Where the turn goes, why, and the tokens it must prefill there."""
+        point = turn.key.point
+        placed = self.conversations.get(point, now)
+        if placed is not None:
+            home = loads.get(placed.replica)
+            if home is None or not home.healthy:  # its cache is gone with its replica
+                return self._place(turn, loads, Outcome.FAILOVER)
+            grown = turn.tokens - placed.tokens
+            owed = grown if grown >= 0 else turn.tokens  # a shorter prompt: history was cut
+        elif turn.first:
+            return self._place(turn, loads, Outcome.PLACED)
+        else:
+            # A later turn this router has not seen (a restart, another instance served it):
+            # the ring's home is where a router that placed it freely most likely put it.
+            ring_home = next(self._healthy_walk(point, loads), None)
+            if ring_home is None:
+                return None
+            home, owed = ring_home, turn.tokens
+        alternatives = itertools.islice(self._healthy_walk(point, loads), SPILL_CHOICES + 1)
+        target = spill_target(home, owed, turn.tokens, alternatives, loads, self.load_factor)
+        if target is not None:
+            return target, Outcome.SPILLED, turn.tokens
+        return home, Outcome.HOME, owed
+
+    def _place(
+        self, turn: Turn, loads: Loads, outcome: Outcome
+    ) -> tuple[ReplicaLoad, Outcome, float] | None:
+        walk = self._healthy_walk(turn.key.point, loads)
+        choices = list(itertools.islice(walk, self.first_turn_choices))
+        if not choices:
+            return None
+        chosen = place_first_turn(choices, turn.tokens, loads, self.conversations, self.load_factor)
+        return chosen, outcome, turn.tokens
+
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        if not turn.key.is_none:
+            self.conversations.put(turn.key.point, replica, turn.tokens, now)
+
+    def _healthy_walk(self, point: int, loads: Loads) -> Iterator[ReplicaLoad]:
+        for url in self.ring.walk(point):
+            account = loads.get(url)
+            if account is not None and account.healthy:
+                yield account
+
+
+class ConsistentHashPolicy:
+    """Consistent hashing with loads bounded by request count, and spill stickiness.
+
+    The classic alternative (Envoy's ring hash with bounded load): a key's home takes it while
+    its in-flight count is below ceil(c * (total + 1) / n). `--load-factor 100` turns the bound
+    off: a plain consistent hash.
+    """
+
+    name = "consistent_hash"
 
     def __init__(
         self,
@@ -70,24 +197,31 @@ class SessionPolicy:
     ) -> None:
         self.vnodes = vnodes
         self.load_factor = load_factor
-        self.spill = spill if spill is not None else SpillTable()
+        if spill is None:
+            spill = SpillTable(DEFAULT_CONVERSATIONS, DEFAULT_CONVERSATION_TTL)
+        self.spill = spill
         self.ring = HashRing({}, vnodes)
 
     def set_replicas(self, weights: Mapping[str, float]) -> None:
         self.ring = HashRing(weights, self.vnodes)
 
-    def route(self, key: RoutingKey, loads: LoadTable, now: float, attempts: int) -> Route:
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        return self.route_counts(turn.key, loads.table, now, attempts, turn.tokens)
+
+    def route_counts(
+        self, key: RoutingKey, loads: LoadTable, now: float, attempts: int, tokens: float = 0.0
+    ) -> Route:
         if key.is_none or not loads:
-            return Route(least_loaded(loads, attempts), Outcome.NO_KEY)
+            return Route(least_loaded(loads, attempts), Outcome.NO_KEY, tokens)
         limit = capacity(loads.total, len(loads), self.load_factor)
         home = next((r for r in self.ring.walk(key.point) if r in loads), None)
         if home is None:  # healthy replicas that are not on the ring yet
-            return Route(least_loaded(loads, attempts), Outcome.NO_KEY)
+            return Route(least_loaded(loads, attempts), Outcome.NO_KEY, tokens)
         order = bounded(self.ring.walk(key.point), loads, limit)
         first = next(order)
         if first == home:
             self.spill.drop(key.point)
-            return Route(_take(first, order, attempts), Outcome.HOME)
+            return Route(_take(first, order, attempts), Outcome.HOME, tokens)
         sticky = self.spill.get(key.point, now)
         if sticky is not None and sticky != home and (loads.get(sticky) or 0) < limit:
             outcome, first = Outcome.STICKY_SPILL, sticky
@@ -95,11 +229,10 @@ class SessionPolicy:
         else:
             outcome = Outcome.SPILLED
         self.spill.put(key.point, first, now)
-        return Route(_take(first, order, attempts), outcome)
+        return Route(_take(first, order, attempts), outcome, tokens)
 
-
-def _take(first: str, rest: Iterator[str], attempts: int) -> tuple[str, ...]:
-    return (first, *itertools.islice(rest, max(attempts - 1, 0)))
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        pass  # failover stays the ring's business: the next turn walks the ring again
 
 
 class RoundRobinPolicy:
@@ -111,14 +244,17 @@ class RoundRobinPolicy:
     def set_replicas(self, weights: Mapping[str, float]) -> None:
         pass
 
-    def route(self, key: RoutingKey, loads: LoadTable, now: float, attempts: int) -> Route:
-        healthy = loads.replicas()
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        healthy = loads.table.replicas()
         if not healthy:
-            return Route((), Outcome.BALANCED)
+            return Route((), Outcome.BALANCED, turn.tokens)
         start = next(self._counter) % len(healthy)
         count = min(attempts, len(healthy))
         order = tuple(healthy[(start + i) % len(healthy)] for i in range(count))
-        return Route(order, Outcome.BALANCED)
+        return Route(order, Outcome.BALANCED, turn.tokens)
+
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        pass
 
 
 class RandomPolicy:
@@ -130,10 +266,13 @@ class RandomPolicy:
     def set_replicas(self, weights: Mapping[str, float]) -> None:
         pass
 
-    def route(self, key: RoutingKey, loads: LoadTable, now: float, attempts: int) -> Route:
-        healthy = loads.replicas()
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        healthy = loads.table.replicas()
         order = tuple(self._rng.sample(healthy, min(attempts, len(healthy))))
-        return Route(order, Outcome.BALANCED)
+        return Route(order, Outcome.BALANCED, turn.tokens)
+
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        pass
 
 
 class LeastLoadedPolicy:
@@ -142,22 +281,28 @@ class LeastLoadedPolicy:
     def set_replicas(self, weights: Mapping[str, float]) -> None:
         pass
 
-    def route(self, key: RoutingKey, loads: LoadTable, now: float, attempts: int) -> Route:
-        return Route(least_loaded(loads, attempts), Outcome.BALANCED)
+    def route(self, turn: Turn, loads: Loads, now: float, attempts: int) -> Route:
+        return Route(least_loaded(loads.table, attempts), Outcome.BALANCED, turn.tokens)
+
+    def moved(self, turn: Turn, replica: str, now: float) -> None:
+        pass
 
 
-POLICY_NAMES = ("session", "round_robin", "random", "least_loaded")
+POLICY_NAMES = ("session", "consistent_hash", "round_robin", "random", "least_loaded")
 
 
 def make_policy(
     name: str,
     vnodes: int = DEFAULT_VNODES,
     load_factor: float = DEFAULT_LOAD_FACTOR,
+    conversations: ConversationTable | None = None,
     spill: SpillTable | None = None,
+    first_turn_choices: int = DEFAULT_FIRST_TURN_CHOICES,
     rng: _random.Random | None = None,
 ) -> Policy:
     factories: dict[str, Callable[[], Policy]] = {
-        "session": lambda: SessionPolicy(vnodes, load_factor, spill),
+        "session": lambda: SessionPolicy(vnodes, load_factor, conversations, first_turn_choices),
+        "consistent_hash": lambda: ConsistentHashPolicy(vnodes, load_factor, spill),
         "round_robin": RoundRobinPolicy,
         "random": lambda: RandomPolicy(rng),
         "least_loaded": LeastLoadedPolicy,

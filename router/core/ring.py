@@ -21,8 +21,6 @@ from router.core.loads import LoadTable
 # share of keys (max/mean) was median 1.111 / p90 1.179 at 160 vnodes and 1.057 / 1.094 at 512.
 DEFAULT_VNODES = 512
 DEFAULT_LOAD_FACTOR = 1.25
-DEFAULT_SPILL_ENTRIES = 100_000
-DEFAULT_SPILL_TTL = 600.0
 
 
 class HashRing:
@@ -96,9 +94,7 @@ class SpillTable:
     Bounded in entries (least recently used dropped first) and in time (entries expire).
     """
 
-    def __init__(
-        self, max_entries: int = DEFAULT_SPILL_ENTRIES, ttl: float = DEFAULT_SPILL_TTL
-    ) -> None:
+    def __init__(self, max_entries: int, ttl: float) -> None:
         self.max_entries = max_entries
         self.ttl = ttl
         self._entries: OrderedDict[int, tuple[str, float]] = OrderedDict()

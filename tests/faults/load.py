@@ -161,8 +161,9 @@ def counts(results: list[Result]) -> Counter[str]:
 def lost_before_streaming(results: list[Result]) -> list[Result]:
     """Failures with no byte streamed that the router should have failed over.
 
-    A replica's own 500 is relayed (docs/design.md, "The request path": only 502/503 and connection failures fail over), so
-    it is a clear error, not a loss; a 502/503/504 or a broken connection before any byte is.
+    A replica's own 500 is relayed (docs/design.md, "The request path": only 502/503 and
+    connection failures fail over), so it is a clear error, not a loss; a 502/503/504 or a
+    broken connection before any byte is.
     """
     return [
         r
