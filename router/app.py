@@ -151,6 +151,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
     else:
         replicas.set_members(config.replica_specs)
     await health.check_all()  # serve with real health from the first request on
+    metrics.WORK.source = fleet.work
     if config.scrape_interval > 0:
         scraper = Scraper(replicas, fleet.loads, session, config)
         app[SCRAPER] = scraper
@@ -169,6 +170,8 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
             await task
     if metrics.SCRAPED.source is getattr(app.get(SCRAPER), "latest", None):
         metrics.SCRAPED.source = None
+    if metrics.WORK.source == fleet.work:
+        metrics.WORK.source = None
     await session.close()
     await fresh.close()
 

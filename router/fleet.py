@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from router.config import Config
 from router.core.loads import Loads
 from router.core.outliers import OutlierDetector
 from router.core.placement import ConversationTable
 from router.core.policies import Policy, make_policy
 from router.core.ring import SpillTable
+from router.metrics import ReplicaWork
 from router.replicas import ReplicaSet
 
 
@@ -29,6 +32,20 @@ class Fleet:
         self.replicas = ReplicaSet(config)
         self.replicas.on_members += [self.loads.set_members, self.policy.set_replicas]
         self.replicas.on_health += [self.loads.set_healthy, self.health_changed]
+
+    def work(self) -> Iterator[ReplicaWork]:
+        """The load accounting of the healthy replicas, for /metrics."""
+        conversations = getattr(self.policy, "conversations", None)
+        footprint = conversations.footprint if conversations is not None else None
+        for account in self.loads.healthy():
+            yield ReplicaWork(
+                account.url,
+                account.owed_prefill,
+                account.decoding,
+                account.fit.rate,
+                account.fit.base,
+                None if footprint is None else footprint.get(account.url, 0.0),
+            )
 
     def health_changed(self, url: str, healthy: bool) -> None:
         self.outliers.forget(url)  # a fresh start after ejection

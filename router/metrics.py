@@ -32,7 +32,8 @@ REQUESTS = Counter(
 )
 ROUTE_DECISIONS = Counter(
     "router_route_decisions",
-    "Routing decisions by key kind and outcome (home, spilled, sticky_spill, failover, no_key).",
+    "Routing decisions by key kind and outcome (home, placed, spilled, sticky_spill, failover, "
+    "no_key, balanced).",
     ["key_kind", "outcome"],
 )
 INFLIGHT = Gauge("router_inflight_requests", "Requests in flight through this router.", ["replica"])
@@ -117,6 +118,66 @@ class ScrapedCollector(Collector):
 
 SCRAPED = ScrapedCollector()
 REGISTRY.register(SCRAPED)
+
+
+@dataclass(frozen=True)
+class ReplicaWork:
+    """This router's account of one healthy replica (router/core/loads.py)."""
+
+    replica: str
+    owed_prefill_tokens: float
+    decoding: int
+    prefill_rate: float  # estimated tokens per second, learned or configured
+    prefill_base: float  # seconds
+    footprint_tokens: float | None  # live conversations placed there (session policy)
+
+
+class WorkCollector(Collector):
+    """Exports the load accounting as Prometheus reads it: nothing is recorded per request."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[ReplicaWork]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        prefix = "router_replica_"
+        owed = GaugeMetricFamily(
+            prefix + "owed_prefill_tokens",
+            "Estimated prompt tokens the replica still has to prefill for this router's requests.",
+            labels=["replica"],
+        )
+        decoding = GaugeMetricFamily(
+            prefix + "decoding_requests",
+            "This router's requests past their first token on the replica.",
+            labels=["replica"],
+        )
+        rate = GaugeMetricFamily(
+            prefix + "prefill_rate_tokens_per_second",
+            "Prefill speed in estimated tokens/s, learned from times to first token.",
+            labels=["replica"],
+        )
+        base = GaugeMetricFamily(
+            prefix + "prefill_base_seconds",
+            "Time to first token of an empty prompt on an idle replica, learned.",
+            labels=["replica"],
+        )
+        footprint = GaugeMetricFamily(
+            prefix + "live_footprint_tokens",
+            "Estimated prompt tokens of the live conversations placed on the replica.",
+            labels=["replica"],
+        )
+        for work in self.source() if self.source else ():
+            labels = [work.replica]
+            owed.add_metric(labels, work.owed_prefill_tokens)
+            decoding.add_metric(labels, work.decoding)
+            rate.add_metric(labels, work.prefill_rate)
+            base.add_metric(labels, work.prefill_base)
+            if work.footprint_tokens is not None:
+                footprint.add_metric(labels, work.footprint_tokens)
+        yield from (owed, decoding, rate, base, footprint)
+
+
+WORK = WorkCollector()
+REGISTRY.register(WORK)
 
 
 def forget_replica(replica: str) -> None:
