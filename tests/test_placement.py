@@ -52,7 +52,7 @@ def test_a_later_turn_at_home_owes_only_its_new_part() -> None:
     assert route.tokens == 300
 
 
-def test_a_first_turn_goes_to_its_ring_home_while_every_replica_is_within_bound() -> None:
+def test_a_first_turn_goes_to_its_ring_home_when_its_candidates_are_equally_pressed() -> None:
     a, loads_a = fleet()
     b, loads_b = fleet()
     for i in range(50):
@@ -171,7 +171,7 @@ def test_a_turn_never_leaves_a_home_that_is_within_bound(
 def test_the_conversation_table_is_bounded_and_its_footprints_add_up(
     ops: list[tuple[int, int, float]],
 ) -> None:
-    table = ConversationTable(max_entries=20, ttl=5.0)
+    table = ConversationTable(max_entries=20, ttl=5.0, live_window=2.0)
     now = 0.0
     for point, index, tokens in ops:
         now += 0.1
@@ -180,18 +180,23 @@ def test_the_conversation_table_is_bounded_and_its_footprints_add_up(
     live: dict[str, float] = {}
     for point in range(51):
         placed = table.get(point, now)
-        if placed is not None:
+        if placed is not None and placed.last > now - 2.0:
             live[placed.replica] = live.get(placed.replica, 0.0) + placed.tokens
     for replica in REPLICAS:
         assert abs(table.footprint.get(replica, 0.0) - live.get(replica, 0.0)) < 1e-6
     assert abs(table.total_footprint - sum(live.values())) < 1e-6
 
 
-def test_conversations_expire_after_their_ttl() -> None:
-    table = ConversationTable(max_entries=10, ttl=5.0)
+def test_conversations_leave_the_footprint_when_idle_and_the_table_after_their_ttl() -> None:
+    table = ConversationTable(max_entries=10, ttl=5.0, live_window=1.0)
     table.put(1, REPLICAS[0], 100, now=0)
-    assert table.get(1, now=4.9) is not None
-    assert table.get(1, now=5.0) is None
+    assert table.footprint[REPLICAS[0]] == 100
+    assert table.get(1, now=1.5) is not None
+    assert table.footprint[REPLICAS[0]] == 0  # idle: its blocks are evictable now
+    table.put(1, REPLICAS[0], 120, now=2)  # a later turn: live again
+    assert table.footprint[REPLICAS[0]] == 120
+    assert table.get(1, now=6.9) is not None
+    assert table.get(1, now=7.0) is None
     assert table.footprint[REPLICAS[0]] == 0
 
 

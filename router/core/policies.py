@@ -89,10 +89,11 @@ def _take(first: str, rest: Iterator[str], attempts: int) -> tuple[str, ...]:
 class SessionPolicy:
     """Session affinity with work-based placement: the product's default.
 
-    A conversation's first turn goes to the first of its ring candidates within bound in work and
-    in live KV footprint; later turns go where its cache is, and leave only when waiting there
-    costs more than re-prefilling the whole history elsewhere. The ring stays the deterministic
-    home, so router instances agree on first choices without shared state.
+    A conversation's first turn goes to the least pressed (in work and in live KV footprint) of
+    its first ring candidates; later turns go where its cache is, and leave only when their home
+    is past the bound and waiting there costs more than re-prefilling the whole history
+    elsewhere. The ring orders the candidates, so a router that has not seen a conversation
+    (restarted, or another instance) sends it to its ring home.
     """
 
     name = "session"
@@ -165,7 +166,7 @@ class SessionPolicy:
         choices = list(itertools.islice(walk, self.first_turn_choices))
         if not choices:
             return None
-        chosen = place_first_turn(choices, turn.tokens, loads, self.conversations, self.load_factor)
+        chosen = place_first_turn(choices, turn.tokens, loads, self.conversations)
         return chosen, outcome, turn.tokens
 
     def moved(self, turn: Turn, replica: str, now: float) -> None:
