@@ -1,11 +1,11 @@
-"""The benchmark's figures from per-request records (bench/report.py), without a network."""
+"""The benchmark's figures from per-request records (bench/runner/report.py), without a network."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.report import ideal_cached_tokens, max_over_mean, percentile
-from bench.workload import Workload, first_message, followup, session_id
+from bench.load.workload import Workload, first_message, followup, session_id
+from bench.runner.report import ideal_cached_tokens, max_over_mean, percentile
 
 
 def record(sid: str, turn: int, started: float, prompt: int, completion: int) -> dict[str, Any]:

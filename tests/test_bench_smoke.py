@@ -1,6 +1,6 @@
 """Smoke test of the main benchmark: the runner at quick size writes a complete, consistent report.
 
-Runs `python -m bench.run --quick` (2 CPU mocks, session and round_robin, 10 s each) as CI would;
+Runs `python -m bench.runner --quick` (2 CPU mocks, session and round_robin, 10 s each) as CI would;
 no timing is asserted, only that the figures exist and agree with each other.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import ROOT
+
 POLICIES = ("session", "round_robin")
 KEYS = (
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "first_turn_ttft_p50_ms",
@@ -30,7 +31,7 @@ pytest.importorskip("matplotlib")
 def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("results")
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--mock-replicas", "2",
+        [sys.executable, "-m", "bench.runner", "--quick", "--mock-replicas", "2",
          "--policies", ",".join(POLICIES), "--results-dir", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

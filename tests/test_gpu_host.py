@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.gpu.host import (
+from bench.real.gpu.host import (
     Workload,
     bench_command,
     cache_config_info,
@@ -12,7 +12,7 @@ from bench.gpu.host import (
     size_users,
     sizing_of,
 )
-from bench.vllm_engines import EngineConfig, engine_command, engine_env
+from bench.real.vllm_engines import EngineConfig, engine_command, engine_env
 
 METRICS = """# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
 # TYPE vllm:cache_config_info gauge

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.openai_stream import StreamResult, get_text, metric_total, stream_chat
-from bench.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
+from bench.load.openai_stream import StreamResult, get_text, metric_total, stream_chat
+from bench.real.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
 
 pytestmark = pytest.mark.vllm
 

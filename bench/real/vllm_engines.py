@@ -7,7 +7,8 @@ engine-core process), first with SIGTERM, then SIGKILL.
     with running_engines(EngineConfig(model="tiny", count=2)) as fleet:
         print(fleet.urls)
 
-CLI: ``python -m bench.vllm_engines --model small --count 2 --base-port 8101`` runs until Ctrl-C.
+CLI: ``python -m bench.real.vllm_engines --model small --count 2 --base-port 8101`` runs until
+Ctrl-C.
 Set-up and measured figures: docs/real-vllm-cpu.md.
 """
 
@@ -30,7 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import ROOT
+
 DEFAULT_VENV = ROOT / ".venv-vllm"
 DEFAULT_MODELS = ROOT / ".models"
 DEFAULT_LOG_DIR = ROOT / "bench" / "results" / "vllm-logs"
@@ -72,8 +74,8 @@ class EngineConfig:
     dtype: str = "bfloat16"
     startup_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = ()
-    # GPU engines (bench/gpu/host.py): the host's own Python, no core pinning, a share of the GPU,
-    # optionally CUDA graphs.
+    # GPU engines (bench/real/gpu/host.py): the host's own Python, no core pinning, a share of the
+    # GPU, optionally CUDA graphs.
     python_path: Path | None = None  # default: the venv's python
     pin_cores: bool = True
     gpu_memory_utilization: float | None = None
@@ -341,7 +343,7 @@ def reset_prefix_cache(url: str, timeout_s: float = 10.0) -> None:
 
 
 def banned_token_ids(config: EngineConfig) -> list[int]:
-    """Token ids that decode to nothing visible (written by bench/tiny_model.py)."""
+    """Token ids that decode to nothing visible (written by bench/real/tiny_model.py)."""
     path = config.model_dir / "banned_token_ids.json"
     return [int(token_id) for token_id in json.loads(path.read_text())]
 

@@ -2,7 +2,7 @@
 
 Standard library only, one fresh connection per request (vLLM closes idle keep-alive connections
 after 5 s, so a pooled one can die under a request). Used by the real-vLLM tests and by
-bench/fit_cpu_profile.py.
+bench/real/fit_cpu_profile.py.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ together at a short and a long context. It fits the prefill line to the TTFTs an
 plane to the inter-token times by least squares on relative errors, prints a table, and ends with
 one JSON line.
 
-    .venv/bin/python -m bench.fit_cpu_profile --model small            # starts its own engine
-    .venv/bin/python -m bench.fit_cpu_profile --url http://127.0.0.1:8101 --model small
+    .venv/bin/python -m bench.real.fit_cpu_profile --model small            # starts its own engine
+    .venv/bin/python -m bench.real.fit_cpu_profile --url http://127.0.0.1:8101 --model small
 
-On a GPU (bench/gpu/host.py) the same fit runs against a real engine with larger sizes, e.g.
+On a GPU (bench/real/gpu/host.py) the same fit runs against a real engine with larger sizes, e.g.
 ``--prefill-targets 256,1024,2048,4096,8000 --decode-batches 1,8,32 --decode-contexts 256,4096``.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.openai_stream import StreamResult, stream_chat
-from bench.vllm_engines import EngineConfig, running_engines, visible_logit_bias
+from bench.load.openai_stream import StreamResult, stream_chat
+from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
 
 PREFILL_TARGETS = (64, 128, 256, 512, 768, 1024, 1400, 1900)
 DECODE_BATCHES = (1, 4, 8)

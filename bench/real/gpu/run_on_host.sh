@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark on an offline host with Python 3.12 and torch 2.11.0+cu130 (docs/gpu.md).
-# Run from the repository root, with the parts of .gpu-bundle/ (bench/gpu/build_bundle.sh) present.
+# Run from the repository root, with the parts of .gpu-bundle/ (bench/real/gpu/build_bundle.sh) present.
 #
-#   bench/gpu/run_on_host.sh --stage        copy the bundle parts present into $VSR_GPU_STAGE and
+#   bench/real/gpu/run_on_host.sh --stage        copy the bundle parts present into $VSR_GPU_STAGE and
 #                                           stop (for hosts that receive the parts in several goes)
-#   bench/gpu/run_on_host.sh [HOST ARGS]    unpack, check, then python3 -m bench.gpu.host HOST ARGS
+#   bench/real/gpu/run_on_host.sh [HOST ARGS]    unpack, check, then python3 -m bench.real.gpu.host HOST ARGS
 #                                           (e.g. --engines 4 --duration 60; see its --help)
 #
 # Environment: VSR_GPU_STAGE (default /tmp/vsr-gpu-stage), VSR_GPU_SITE (unpack folder, default
@@ -106,8 +106,8 @@ trap 'stop_host; pack_results' EXIT
 trap 'exit 130' INT TERM
 
 left=$((BUDGET_S - SECONDS))
-say "starting bench.gpu.host with ${left}s left; results in $RESULTS"
-"$PY" -m bench.gpu.host --results-dir "$RESULTS" --deadline-s "$left" "$@" \
+say "starting bench.real.gpu.host with ${left}s left; results in $RESULTS"
+"$PY" -m bench.real.gpu.host --results-dir "$RESULTS" --deadline-s "$left" "$@" \
   > >(tee "$RESULTS/host.log") 2>&1 &
 host_pid=$!
 wait "$host_pid"

@@ -2,8 +2,8 @@
 
 Runs inside .venv-vllm (it needs torch, transformers and tokenizers):
 
-    .venv-vllm/bin/python bench/tiny_model.py --size small --out .models/small
-    python3 bench/tiny_model.py --size gpu-1b --out .models/gpu-1b    # on a GPU host (docs/gpu.md)
+    .venv-vllm/bin/python bench/real/tiny_model.py --size small --out .models/small
+    python3 bench/real/tiny_model.py --size gpu-1b --out .models/gpu-1b  # a GPU host (docs/gpu.md)
 
 The weights are random, so answers are gibberish; prefill cost and the prefix cache are real.
 Besides the usual Hugging Face files, the folder gets ``banned_token_ids.json``: the ids that

@@ -5,7 +5,7 @@ Linux x86-64, Python 3.12, no extras) and sorts each requirement into: carried i
 expected on the host (by name, from docs/gpu.md's list; versions checked where known), or missing.
 Also lists the compiled libraries and the shared libraries they need (ELF DT_NEEDED).
 
-    python3 bench/gpu/check_bundle.py .gpu-bundle/site
+    python3 bench/real/gpu/check_bundle.py .gpu-bundle/site
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 #   site.tar.xz.sha256 checksum of the parts joined, checked on the host
 #   manifest.txt       wheel list and sizes
 #
-# Usage: bench/gpu/build_bundle.sh [--no-locust] [--keep-site]
+# Usage: bench/real/gpu/build_bundle.sh [--no-locust] [--keep-site]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -129,7 +129,7 @@ rm -f "$OUT/site.tar.xz"
 t_xz=$(date +%s)
 
 {
-  echo "# built $(date -u +%FT%TZ) by bench/gpu/build_bundle.sh"
+  echo "# built $(date -u +%FT%TZ) by bench/real/gpu/build_bundle.sh"
   echo "# wheels: $(ls "$WHEELS"/*.whl | wc -l)"
   (cd "$WHEELS" && du -k -- *.whl | sort -rn)
 } > "$OUT/manifest.txt"

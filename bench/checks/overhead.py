@@ -1,6 +1,6 @@
 """What the router costs: direct-to-upstream vs through-the-router, side by side in one run.
 
-    python -m bench.overhead [--seconds 5] [--concurrency 1,32,128]
+    python -m bench.checks.overhead [--seconds 5] [--concurrency 1,32,128]
 
 Starts a fast fake upstream that streams 50 SSE chunks per request and the router in front of it
 (both as processes, as deployed), then drives each target with the same closed-loop load at each
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -24,9 +23,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bench import ROOT
 from bench.endpoints import free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = {
     "model": "fake-model",
     "stream": True,
