@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.checks.fake_upstream import Behaviour, FakeUpstream
 from bench.endpoints import free_port
 from router.app import build_app
 from router.config import Config
-from tests.fake_upstream import Behaviour, FakeUpstream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

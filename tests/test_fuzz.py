@@ -149,7 +149,15 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 def live() -> Iterator[LiveRouter]:
     port = free_port()
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_upstream", "--port", str(port), "--chunk-delay", "0.01"],
+        [
+            sys.executable,
+            "-m",
+            "bench.checks.fake_upstream",
+            "--port",
+            str(port),
+            "--chunk-delay",
+            "0.01",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

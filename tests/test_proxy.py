@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
+from bench.checks.fake_upstream import FakeUpstream
 from router.app import REPLICAS
 from router.config import ReplicaSpec
 from tests.conftest import RouterClient, Upstreams, chat, dead_url
-from tests.fake_upstream import FakeUpstream
 
 
 async def test_streaming_is_relayed_before_the_upstream_finishes(

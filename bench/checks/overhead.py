@@ -116,7 +116,15 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     python = sys.executable
     with ExitStack() as stack:
         start(
-            [python, "-m", "tests.fake_upstream", "--port", str(upstream_port), "--chunks", "50"],
+            [
+                python,
+                "-m",
+                "bench.checks.fake_upstream",
+                "--port",
+                str(upstream_port),
+                "--chunks",
+                "50",
+            ],
             stack,
         )
         start(

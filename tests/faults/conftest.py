@@ -56,7 +56,8 @@ class Process:
 
 
 class Upstream(Process):
-    """`python -m tests.faults.upstream`: a fake replica whose faults can be switched on."""
+    """`python -m bench.checks.fake_upstream --fault-control`: a fake replica whose faults can be
+    switched on."""
 
     def __init__(
         self,
@@ -70,8 +71,9 @@ class Upstream(Process):
         self.name = name
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
-        args = ["-m", "tests.faults.upstream", "--host", host, "--port", str(self.port)]
-        args += ["--name", name, "--chunks", str(chunks), "--chunk-delay", str(chunk_delay)]
+        args = ["-m", "bench.checks.fake_upstream", "--fault-control", "--host", host]
+        args += ["--port", str(self.port), "--name", name]
+        args += ["--chunks", str(chunks), "--chunk-delay", str(chunk_delay)]
         super().__init__(args, log_dir / f"{name}.log")
 
     async def fault(self, **changes: Any) -> None:

@@ -3,15 +3,21 @@
 Not a model of vLLM (that is bench/mock_vllm): this one exists to make proxy behaviour easy to
 provoke and observe: it streams `chunks` SSE chunks, can answer a status, hang before the first
 byte, or die mid-stream, records what it received and whether a client went away, and serves
-vLLM-style prefix-cache counters on /metrics.
+vLLM-style prefix-cache counters on /metrics. Tests run it in-process (`FakeUpstream.app()`);
+bench/checks/overhead.py and the fault-injection suite run it as a process:
 
-    python -m tests.fake_upstream --port 9001 [--chunks 50]
+    python -m bench.checks.fake_upstream --port 9001 [--chunks 50] [--fault-control]
+
+With `--fault-control`, `POST /_fault` with a JSON object sets fields of `Behaviour` while traffic
+flows (for example `{"status": 503}`, `{"hang": true}`, `{"die_after_chunks": 2}`); `"reset": true`
+first restores the start-up behaviour.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -47,12 +53,13 @@ class FakeUpstream:
     def __init__(self, name: str = "fake", behaviour: Behaviour | None = None) -> None:
         self.name = name
         self.behaviour = behaviour or Behaviour()
+        self.initial = dataclasses.replace(self.behaviour)
         self.seen = Seen()
         self.hits = 0
         self.queries = 0
         self.cancel_event = asyncio.Event()
 
-    def app(self) -> web.Application:
+    def app(self, fault_control: bool = False) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.completion)
         app.router.add_post("/v1/completions", self.completion)
@@ -60,7 +67,20 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        if fault_control:
+            app.router.add_post("/_fault", self.set_fault)
         return app
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        """`POST /_fault`: change the behaviour (`"reset": true` first restores the initial one)."""
+        changes = await request.json()
+        if changes.pop("reset", False):
+            self.behaviour = dataclasses.replace(self.initial)
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Behaviour)}
+        if unknown:
+            return web.json_response({"unknown": sorted(unknown)}, status=400)
+        self.behaviour = dataclasses.replace(self.behaviour, **changes)
+        return web.json_response(dataclasses.asdict(self.behaviour))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({}) if self.behaviour.status != 599 else web.Response(status=500)
@@ -164,6 +184,9 @@ def main() -> None:
     parser.add_argument("--name", default=f"fake-{os.getpid()}")
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--chunk-delay", type=float, default=0.0)
+    parser.add_argument(
+        "--fault-control", action="store_true", help="serve POST /_fault (see the docstring)"
+    )
     args = parser.parse_args()
     upstream = FakeUpstream(args.name, Behaviour(chunks=args.chunks, chunk_delay=args.chunk_delay))
     try:
@@ -173,7 +196,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         pass
     web.run_app(
-        upstream.app(),
+        upstream.app(fault_control=args.fault_control),
         host=args.host,
         port=args.port,
         print=None,
