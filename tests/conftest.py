@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench.checks.fake_upstream import Behaviour, FakeUpstream
-from bench.endpoints import free_port
+from bench.endpoints import NotUp, free_port, wait_until_up_async
 from router.app import build_app
 from router.config import Config
 
@@ -108,18 +106,10 @@ class RouterProcess:
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    async with session.get(self.url + "/ready") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"router not ready: {self.output()}")
+        try:
+            await wait_until_up_async(self.url + "/ready", self.proc, timeout)
+        except NotUp as error:
+            raise AssertionError(f"router not ready ({error}): {self.output()}") from None
 
     def output(self) -> str:
         if self.proc.poll() is None:

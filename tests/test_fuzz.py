@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from bench.endpoints import wait_until_up
 from router.app import REPLICAS, build_app
 from tests.conftest import ROOT, free_port, router_config
 
@@ -134,17 +134,6 @@ def serve_in_thread(upstream: str, ready: threading.Event, holder: dict[str, Any
     loop.close()
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "fake upstream exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("fake upstream did not start")
-
-
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveRouter]:
     port = free_port()
@@ -166,9 +155,9 @@ def live() -> Iterator[LiveRouter]:
     for name in LOGGERS:
         logging.getLogger(name).addHandler(errors)
     try:
-        wait_listening(port, upstream)
-        ready, holder = threading.Event(), dict[str, Any]()
         url = f"http://127.0.0.1:{port}"
+        wait_until_up(url + "/health", upstream, timeout=20, interval=0.05)
+        ready, holder = threading.Event(), dict[str, Any]()
         thread = threading.Thread(target=serve_in_thread, args=(url, ready, holder), daemon=True)
         thread.start()
         assert ready.wait(20), "router did not start"

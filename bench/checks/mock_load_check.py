@@ -21,19 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.endpoints import free_port
-
-
-async def wait_healthy(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(100):
-        try:
-            async with session.get(url + "/health") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("mock did not start")
+from bench.endpoints import free_port, wait_until_up_async
 
 
 async def one_stream(
@@ -80,7 +68,7 @@ async def check(sessions: int, answer_tokens: int, profile: str) -> dict[str, An
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_healthy(session, url)
+            await wait_until_up_async(url + "/health", mock, timeout=10.0)
             before = await stats(session, url)
             started = time.perf_counter()
             streams = await asyncio.gather(

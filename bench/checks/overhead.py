@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench import ROOT
-from bench.endpoints import free_port
+from bench.endpoints import free_port, wait_until_up_async
 
 BODY = {
     "model": "fake-model",
@@ -55,20 +55,6 @@ def start(cmd: list[str], stack: ExitStack) -> subprocess.Popen[bytes]:
 
     stack.callback(stop)
     return proc
-
-
-async def wait_up(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def drive(url: str, concurrency: int, seconds: float) -> Result:
@@ -115,25 +101,15 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     router = f"http://127.0.0.1:{router_port}"
     python = sys.executable
     with ExitStack() as stack:
-        start(
-            [
-                python,
-                "-m",
-                "bench.checks.fake_upstream",
-                "--port",
-                str(upstream_port),
-                "--chunks",
-                "50",
-            ],
-            stack,
-        )
-        start(
+        fake = [python, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
+        fake_upstream = start([*fake, "--chunks", "50"], stack)
+        router_process = start(
             [python, "-m", "router", "--replica", upstream, "--host", "127.0.0.1",
              "--port", str(router_port), "--log-level", "warning"],
             stack,
         )  # fmt: skip
-        await wait_up(upstream + "/health")
-        await wait_up(router + "/ready")
+        await wait_until_up_async(upstream + "/health", fake_upstream)
+        await wait_until_up_async(router + "/ready", router_process)
         await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up
         await drive(upstream + "/v1/chat/completions", 8, 1.0)
         ratios: dict[str, dict[str, float]] = {"rps_ratio": {}, "added_ttft_p50_ms": {}}

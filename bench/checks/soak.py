@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import json
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.checks.overhead import free_port, start, wait_up
+from bench.checks.overhead import start
+from bench.endpoints import free_port, wait_until_up_async
 
 SYSTEM = "You are a helpful assistant in a long-running soak test. Answer briefly."
 
@@ -196,21 +198,22 @@ def summarize(args: argparse.Namespace, tally: Tally) -> dict[str, object]:
 
 async def soak(args: argparse.Namespace) -> tuple[dict[str, object], Tally]:
     with ExitStack() as stack:
-        replicas = []
+        replicas: list[str] = []
+        mocks: list[subprocess.Popen[bytes]] = []
         for i in range(args.replicas):
             port = free_port()
-            mock = ["-m", "bench.mock_vllm", "--host", "127.0.0.1", "--port", str(port)]
-            mock += ["--profile", args.profile, "--speed", str(args.speed), "--seed", str(i)]
-            start([sys.executable, *mock, "--model", "mock"], stack)
+            cmd = ["-m", "bench.mock_vllm", "--host", "127.0.0.1", "--port", str(port)]
+            cmd += ["--profile", args.profile, "--speed", str(args.speed), "--seed", str(i)]
+            mocks.append(start([sys.executable, *cmd, "--model", "mock"], stack))
             replicas.append(f"http://127.0.0.1:{port}")
         port = free_port()
         flags = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         flags += [a for r in replicas for a in ("--replica", r)]
         router = start([sys.executable, "-m", "router", *flags], stack)
-        for replica in replicas:
-            await wait_up(replica + "/health")
+        for replica, mock in zip(replicas, mocks, strict=True):
+            await wait_until_up_async(replica + "/health", mock)
         url = f"http://127.0.0.1:{port}"
-        await wait_up(url + "/ready")
+        await wait_until_up_async(url + "/ready", router)
         tally = await drive(args, url, router.pid)
     return summarize(args, tally), tally
 

@@ -101,18 +101,6 @@ def _take_chunk(result: StreamResult, chunk: dict[str, Any], now: float) -> None
             result.finish_reason = choice["finish_reason"]
 
 
-def get_text(url: str, timeout_s: float = 10.0) -> str:
-    """GET ``url`` and return the body as text (for /metrics and the like)."""
-    connection = _connect(url, timeout_s)
-    try:
-        path = urllib.parse.urlsplit(url).path or "/"
-        connection.request("GET", path, headers={"Connection": "close"})
-        response = connection.getresponse()
-        return response.read().decode()
-    finally:
-        connection.close()
-
-
 def metric_total(metrics_text: str, name: str) -> float:
     """Sum of all samples of ``name`` (any labels) in a Prometheus text exposition."""
     total = 0.0

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.endpoints import cache_config_info, free_port
+from bench.endpoints import cache_config_info, free_port, get_text, http_json
 from bench.load.workload import Workload, system_prompt, user_message
 from bench.mock_vllm.tokenizer import encode, render_chat
 from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
@@ -76,10 +76,7 @@ def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def engine_tokens(url: str, model: str, text: str) -> int:
-    status, body = runner.http("POST", url + "/tokenize", {"model": model, "prompt": text})
-    if status != 200:
-        raise RuntimeError(f"{url}/tokenize: HTTP {status}")
-    return int(json.loads(body)["count"])
+    return int(http_json("POST", url + "/tokenize", {"model": model, "prompt": text})["count"])
 
 
 def tokens_per_mock_token(url: str, model: str, workload: Workload) -> float:
@@ -94,9 +91,7 @@ def tokens_per_mock_token(url: str, model: str, workload: Workload) -> float:
 
 
 def num_gpu_blocks(url: str) -> int:
-    return int(
-        cache_config_info(runner.http("GET", url + "/metrics")[1].decode())["num_gpu_blocks"]
-    )
+    return int(cache_config_info(get_text(url + "/metrics"))["num_gpu_blocks"])
 
 
 def group_cpu_seconds(pgid: int) -> float:

@@ -25,13 +25,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import ROOT
+from bench.endpoints import NotUp, answers, http, wait_until_up
 
 DEFAULT_VENV = ROOT / ".venv-vllm"
 DEFAULT_MODELS = ROOT / ".models"
@@ -231,11 +230,7 @@ def _launch(config: EngineConfig, index: int) -> Engine:
 
 def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
     """True when ``GET url/health`` answers 200."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
+    return answers(f"{url}/health", timeout=timeout_s)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -248,23 +243,19 @@ def log_tail(path: Path, lines: int = 30) -> str:
 def wait_healthy(fleet: EngineFleet, timeout_s: float) -> None:
     """Block until every engine answers /health; raise EngineStartError on exit or deadline."""
     deadline = time.monotonic() + timeout_s
-    pending = list(fleet.engines)
-    while pending:
-        for engine in list(pending):
-            code = engine.process.poll()
-            if code is not None:
+    for engine in fleet.engines:
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            wait_until_up(f"{engine.url}/health", engine.process, timeout=left, interval=0.5)
+        except NotUp as error:
+            if error.returncode is None:
                 raise EngineStartError(
-                    f"engine on port {engine.port} exited with {code}; "
-                    f"log {engine.log_path}:\n{log_tail(engine.log_path)}"
-                )
-            if is_healthy(engine.url):
-                pending.remove(engine)
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            ports = ", ".join(str(engine.port) for engine in pending)
-            raise EngineStartError(f"engines on ports {ports} not healthy after {timeout_s:.0f}s")
-        time.sleep(0.5)
+                    f"engine on port {engine.port} not healthy after {timeout_s:.0f}s"
+                ) from None
+            raise EngineStartError(
+                f"engine on port {engine.port} exited with {error.returncode}; "
+                f"log {engine.log_path}:\n{log_tail(engine.log_path)}"
+            ) from None
 
 
 def start_engines(config: EngineConfig) -> EngineFleet:
@@ -336,10 +327,9 @@ def running_engines(config: EngineConfig) -> Iterator[EngineFleet]:
 
 def reset_prefix_cache(url: str, timeout_s: float = 10.0) -> None:
     """``POST url/reset_prefix_cache`` (needs VLLM_SERVER_DEV_MODE=1, which engines here have)."""
-    request = urllib.request.Request(f"{url}/reset_prefix_cache", data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        if response.status != 200:
-            raise RuntimeError(f"reset_prefix_cache on {url} answered {response.status}")
+    status = http("POST", f"{url}/reset_prefix_cache", timeout=timeout_s)[0]
+    if status != 200:
+        raise RuntimeError(f"reset_prefix_cache on {url} answered {status}")
 
 
 def banned_token_ids(config: EngineConfig) -> list[int]:

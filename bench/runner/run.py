@@ -23,8 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -35,7 +33,14 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import ROOT
-from bench.endpoints import cache_config_info, free_port
+from bench.endpoints import (
+    cache_config_info,
+    free_port,
+    get_text,
+    http,
+    http_json,
+    wait_until_up,
+)
 from bench.load.workload import Workload
 from bench.runner import report
 from bench.runner.report import ReplicaCounters
@@ -295,45 +300,9 @@ def processes() -> Iterator[Processes]:
 # ---------------------------------------------------------------- HTTP
 
 
-def http(
-    method: str,
-    url: str,
-    body: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 10.0,
-) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
-    """Until `url` answers below 500 (any answer at all for an external router's path)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if http("GET", url, timeout=2.0)[0] < 500:
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
-
-
 def counters(replica: str) -> ReplicaCounters:
-    status, body = http("GET", replica + "/metrics")
-    if status != 200:
-        raise RuntimeError(f"{replica}/metrics: HTTP {status}")
     sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(body.decode()):
+    for family in text_string_to_metric_families(get_text(replica + "/metrics")):
         for sample in family.samples:
             sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
 
@@ -349,8 +318,8 @@ def counters(replica: str) -> ReplicaCounters:
 
 def block_size_of(replica: str) -> int:
     """The replica's KV block size from vllm:cache_config_info (16, vLLM's default, if absent)."""
-    with suppress(OSError, ValueError, KeyError):
-        return int(cache_config_info(http("GET", replica + "/metrics")[1].decode())["block_size"])
+    with suppress(OSError, RuntimeError, ValueError, KeyError):
+        return int(cache_config_info(get_text(replica + "/metrics"))["block_size"])
     return report.BLOCK_SIZE
 
 
@@ -364,7 +333,7 @@ def reset_caches(replicas: Sequence[str]) -> bool:
     for replica in replicas:
         try:
             done = http("POST", replica + "/reset_prefix_cache")[0] == 200 and done
-        except (OSError, urllib.error.URLError):
+        except OSError:  # URLError is one
             done = False
     return done
 
@@ -372,10 +341,7 @@ def reset_caches(replicas: Sequence[str]) -> bool:
 def model_name(base: str, given: str) -> str:
     if given:
         return given
-    status, body = http("GET", base + "/v1/models")
-    if status != 200:
-        raise RuntimeError(f"{base}/v1/models: HTTP {status}")
-    return str(json.loads(body)["data"][0]["id"])
+    return str(http_json("GET", base + "/v1/models")["data"][0]["id"])
 
 
 def probe_shared_prefix(base: str, replica: str | None, model: str, workload: Workload) -> int:
@@ -464,7 +430,7 @@ def start_target(
             *[arg for replica in replicas for arg in ("--replica", replica)],
             *extra,
         ]
-        ready = f"http://127.0.0.1:{port}/ready"
+        ready, ok = f"http://127.0.0.1:{port}/ready", range(200, 201)
     else:
         assert target.command is not None
         cmd = (
@@ -473,9 +439,10 @@ def start_target(
             .replace("{replicas}", ",".join(replicas))
             .replace("{replica_args}", " ".join(f"--replica {shlex.quote(r)}" for r in replicas))
         )
-        ready = f"http://127.0.0.1:{port}/v1/models"
+        # any answer below 500 will do: an external router may want a key on /v1/models
+        ready, ok = f"http://127.0.0.1:{port}/v1/models", range(100, 500)
     proc = procs.start(target.name, cmd, folder / f"router-{target.name}.log")
-    wait_until_up(ready, proc)
+    wait_until_up(ready, proc, ok=ok)
     return f"http://127.0.0.1:{port}", proc
 
 

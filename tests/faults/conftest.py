@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.endpoints import NotUp, wait_until_up_async
 from tests.conftest import ROOT, free_port
 
 TABLE_PATH = Path(__file__).with_name("last_run.md")
@@ -41,18 +40,10 @@ class Process:
         self.proc.wait(timeout=10)
 
     async def wait_http(self, url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    async with http.get(url) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{url} not ready: {self.output()}")
+        try:
+            await wait_until_up_async(url, self.proc, timeout)
+        except NotUp as error:
+            raise AssertionError(f"{error}: {self.output()}") from None
 
 
 class Upstream(Process):

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.load.openai_stream import StreamResult, get_text, metric_total, stream_chat
+from bench.endpoints import get_text
+from bench.load.openai_stream import StreamResult, metric_total, stream_chat
 from bench.real.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
 
 pytestmark = pytest.mark.vllm

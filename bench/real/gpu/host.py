@@ -27,13 +27,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from bench import ROOT
-from bench.endpoints import cache_config_info
+from bench.endpoints import cache_config_info, get_text, http_json
 from bench.load import workload as bench_workload
 from bench.real.vllm_engines import (
     DEFAULT_MODELS,
@@ -136,24 +135,11 @@ def sizing_of(
     )
 
 
-def _get(url: str, timeout_s: float = 10.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        return str(response.read().decode())
-
-
-def _post_json(url: str, body: dict[str, Any], timeout_s: float = 30.0) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.loads(response.read())
-
-
 def tokens_per_word(url: str, model: str) -> float:
     """How many tokens the served tokenizer makes of one word of bench.load.workload's text."""
     sample = bench_workload.Workload(context_tokens=2000)
     text = bench_workload.first_message(sample, 0, 0)
-    answer = _post_json(f"{url}/tokenize", {"model": model, "prompt": text})
+    answer = http_json("POST", f"{url}/tokenize", {"model": model, "prompt": text})
     return float(answer["count"]) / max(1, len(text.split()))
 
 
@@ -380,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with running_engines(config) as fleet:
             note(f"{args.engines} engines healthy: {', '.join(fleet.urls)}")
-            infos = [cache_config_info(_get(f"{url}/metrics")) for url in fleet.urls]
+            infos = [cache_config_info(get_text(f"{url}/metrics")) for url in fleet.urls]
             sizing = sizing_of(infos, workload, args.overflow, args.max_users)
             users = args.users or sizing.users
             ratio = tokens_per_word(fleet.urls[0], config.name)
