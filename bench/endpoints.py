@@ -63,10 +63,14 @@ def http(
 
 
 def http_json(
-    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 30.0
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Any:
     """The JSON answer of a request that must succeed (RuntimeError on any status but 200)."""
-    status, raw = http(method, url, body, timeout=timeout)
+    status, raw = http(method, url, body, headers, timeout)
     if status != 200:
         raise RuntimeError(f"{url}: HTTP {status}: {raw[:200]!r}")
     return json.loads(raw)

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bench.mock_vllm import MockOptions, build_app
 from bench.mock_vllm.server import REPLICA
+from bench.runner.counters import metric_totals
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -40,11 +41,7 @@ async def timed_post(client: Client, body: dict[str, Any]) -> tuple[dict[str, An
 
 
 def metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_totals(text).get(name, 0.0)
 
 
 async def test_second_identical_prompt_is_cached_and_faster(aiohttp_client: ClientFactory) -> None:

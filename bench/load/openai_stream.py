@@ -99,12 +99,3 @@ def _take_chunk(result: StreamResult, chunk: dict[str, Any], now: float) -> None
             result.content_times.append(now)
         if choice.get("finish_reason"):
             result.finish_reason = choice["finish_reason"]
-
-
-def metric_total(metrics_text: str, name: str) -> float:
-    """Sum of all samples of ``name`` (any labels) in a Prometheus text exposition."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total

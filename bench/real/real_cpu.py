@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +28,11 @@ from bench.endpoints import cache_config_info, free_port, get_text, http_json
 from bench.load.workload import Workload, system_prompt, user_message
 from bench.mock_vllm.tokenizer import encode, render_chat
 from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
-from bench.runner import run as runner
+from bench.runner import report
+from bench.runner.run import run as run_targets
+from bench.runner.sizes import REAL_CPU, size_of
+from bench.runner.targets import targets_of
 
-# Sized for the engines' 2048-token context: turn 5 reaches ~1,100 tokens.
-REAL_CPU = runner.Size(
-    mocks=2,
-    kv_blocks=0,  # read from the engines
-    speed=1.0,
-    users=6,
-    spawn_rate=6,
-    duration=60,
-    workload=Workload(
-        system_tokens=40,
-        context_tokens=150,
-        followup_tokens=8,
-        answer_tokens=24,
-        turns=5,
-        think_time=0.5,
-    ),
-)
 POLICIES = "session,round_robin,least_loaded"
 COMPARED = (
     ("hit_ratio", "cluster hit ratio"),
@@ -56,23 +43,6 @@ COMPARED = (
     ("ttft_p50_ms", "TTFT p50, all turns (ms)"),
     ("requests", "requests"),
 )
-
-
-def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """REAL_CPU's sizes wherever the command line left a knob unset."""
-    w = REAL_CPU.workload
-    defaults = {
-        "users": REAL_CPU.users, "spawn_rate": REAL_CPU.spawn_rate,
-        "duration": REAL_CPU.duration, "system_tokens": w.system_tokens,
-        "context_tokens": w.context_tokens, "followup_tokens": w.followup_tokens,
-        "answer_tokens": w.answer_tokens, "turns": w.turns, "think_time": w.think_time,
-        "policies": POLICIES,
-    }  # fmt: skip
-    values = vars(args).copy()
-    for name, value in defaults.items():
-        if values.get(name) is None:
-            values[name] = value
-    return argparse.Namespace(**values)
 
 
 def engine_tokens(url: str, model: str, text: str) -> int:
@@ -108,11 +78,12 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def run(args: argparse.Namespace, command: str) -> None:
-    args = with_defaults(args)
+    size = size_of(args, REAL_CPU)
+    targets = targets_of(args, POLICIES)
     config = EngineConfig(model="small", count=2, dtype="float32", base_port=free_port())
     with running_engines(config) as fleet:
         model = config.name
-        scale = tokens_per_mock_token(fleet.urls[0], model, runner.size_of(args).workload)
+        scale = tokens_per_mock_token(fleet.urls[0], model, size.workload)
         blocks = num_gpu_blocks(fleet.urls[0])
         bias = visible_logit_bias(config)
         real_args = replace_args(
@@ -125,29 +96,29 @@ def run(args: argparse.Namespace, command: str) -> None:
         )
         cpu_before = [group_cpu_seconds(e.pgid) for e in fleet.engines]
         wall = time.monotonic()
-        real_folder, real = runner.run(real_args, command, setup)
+        real_folder, real = run_targets(real_args, size, targets, command, setup)
         wall = time.monotonic() - wall
         shares = [
             (group_cpu_seconds(e.pgid) - before) / wall
             for e, before in zip(fleet.engines, cpu_before, strict=True)
         ]
-    print(runner.report.table(real["policies"]))
-    w = runner.size_of(args).workload
-    mock_args = replace_args(
-        args,
-        replicas="",
-        model="",
-        extra_body="",
-        mock_replicas=2,
-        mock_profile="small-cpu",
-        mock_speed=1.0,
-        mock_kv_blocks=blocks,
-        system_tokens=round(w.system_tokens * scale),
-        context_tokens=round(w.context_tokens * scale),
-        followup_tokens=round(w.followup_tokens * scale),
+    print(report.table(real["policies"]))
+    w = size.workload
+    mock_size = replace(
+        size,
+        mocks=2,
+        speed=1.0,
+        kv_blocks=blocks,
+        workload=replace(
+            w,
+            system_tokens=round(w.system_tokens * scale),
+            context_tokens=round(w.context_tokens * scale),
+            followup_tokens=round(w.followup_tokens * scale),
+        ),
     )
-    mock_folder, mock = runner.run(
-        mock_args, command + "  # mock side, scaled by " + f"{scale:.2f}"
+    mock_args = replace_args(args, replicas="", model="", extra_body="", mock_profile="small-cpu")
+    mock_folder, mock = run_targets(
+        mock_args, mock_size, targets, command + "  # mock side, scaled by " + f"{scale:.2f}"
     )
     text = comparison(real, mock, scale, mock_folder)
     text += (

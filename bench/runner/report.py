@@ -9,9 +9,10 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.runner.counters import ReplicaCounters
 
 BLOCK_SIZE = 16  # vLLM's default KV block size; the runner reads the replicas' own
 
@@ -27,15 +28,6 @@ IDEAL_METHOD = (
     "completed requests of that, divided by the sum of their prompt tokens. Counting the answer's "
     "last token makes this an upper bound (vLLM keeps KV for all but the last sampled token)."
 )
-
-
-@dataclass(frozen=True)
-class ReplicaCounters:
-    """One replica's cumulative /metrics counters at one moment."""
-
-    queries: float
-    hits: float
-    prompt_tokens: float
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -80,21 +72,6 @@ def ideal_cached_tokens(
             reusable = max(reusable, extended)
         total += min(reusable, prompt - 1) // block_size * block_size
     return total
-
-
-def counter_deltas(
-    before: Mapping[str, ReplicaCounters], after: Mapping[str, ReplicaCounters]
-) -> dict[str, ReplicaCounters]:
-    deltas = {}
-    for url, end in after.items():
-        start = before.get(url)
-        if start is not None:
-            deltas[url] = ReplicaCounters(
-                queries=end.queries - start.queries,
-                hits=end.hits - start.hits,
-                prompt_tokens=end.prompt_tokens - start.prompt_tokens,
-            )
-    return deltas
 
 
 def max_over_mean(values: Sequence[float]) -> float | None:
