@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.real.gpu.host import (
-    Workload,
+    TokenWorkload,
     bench_command,
     cache_config_info,
     parse_args,
@@ -29,7 +29,7 @@ def test_cache_config_info_reads_block_count_and_size() -> None:
 
 
 def test_sizing_overflows_one_engine_but_fits_all_under_session_affinity() -> None:
-    workload = Workload()
+    workload = TokenWorkload()
     sizing = sizing_of([cache_config_info(METRICS)] * 4, workload, overflow=2.0, max_users=400)
     assert sizing.capacity_tokens == 8192 * 16
     assert sizing.per_engine_share_spread_policies > 1.0  # round robin: each engine thrashes
@@ -38,22 +38,22 @@ def test_sizing_overflows_one_engine_but_fits_all_under_session_affinity() -> No
 
 def test_sizing_uses_the_smallest_engine_cache() -> None:
     small = cache_config_info(METRICS.replace('"8192"', '"1024"'))
-    sizing = sizing_of([cache_config_info(METRICS), small], Workload(), 2.0, 400)
+    sizing = sizing_of([cache_config_info(METRICS), small], TokenWorkload(), 2.0, 400)
     assert sizing.num_gpu_blocks == 1024
 
 
 def test_users_are_clamped_between_engine_count_and_maximum() -> None:
-    workload = Workload()
+    workload = TokenWorkload()
     assert size_users(10, workload, engines=4, overflow=2.0, max_users=400) == 4
     assert size_users(10**9, workload, engines=4, overflow=2.0, max_users=400) == 400
 
 
 def test_bench_command_converts_tokens_to_words_of_the_workload() -> None:
     args = parse_args(["--results-dir", "/tmp/x", "--bench-arg=--workload-seed=3"])
-    command = bench_command(args, ["http://a:1", "http://b:2"], Workload(), 2.0, 50, 60.0)
+    command = bench_command(args, ["http://a:1", "http://b:2"], TokenWorkload(), 2.0, 50, 60.0)
     assert command[command.index("--replicas") + 1] == "http://a:1,http://b:2"
-    assert command[command.index("--context-tokens") + 1] == str(Workload().context_tokens // 2)
-    assert command[command.index("--answer-tokens") + 1] == str(Workload().answer_tokens)
+    assert command[command.index("--context-words") + 1] == str(TokenWorkload().context_tokens // 2)
+    assert command[command.index("--answer-tokens") + 1] == str(TokenWorkload().answer_tokens)
     assert command[-1] == "--workload-seed=3"
 
 

@@ -43,25 +43,28 @@ def _add_arguments(parser: Any) -> None:
         help="seed of every generated text; same seed, same conversations",
     )
     add(
+        "--system-words",
         "--system-tokens",
         type=int,
-        default=DEFAULTS.system_tokens,
-        env_var="BENCH_SYSTEM_TOKENS",
-        help="shared system prompt length (words ~ tokens)",
+        default=DEFAULTS.system_words,
+        env_var="BENCH_SYSTEM_WORDS",
+        help="shared system prompt length in words (--system-tokens: former spelling)",
     )
     add(
+        "--context-words",
         "--context-tokens",
         type=int,
-        default=DEFAULTS.context_tokens,
-        env_var="BENCH_CONTEXT_TOKENS",
-        help="per-session document/code file in the first turn",
+        default=DEFAULTS.context_words,
+        env_var="BENCH_CONTEXT_WORDS",
+        help="per-session document/code file in the first turn, in words",
     )
     add(
+        "--followup-words",
         "--followup-tokens",
         type=int,
-        default=DEFAULTS.followup_tokens,
-        env_var="BENCH_FOLLOWUP_TOKENS",
-        help="length of each later user message",
+        default=DEFAULTS.followup_words,
+        env_var="BENCH_FOLLOWUP_WORDS",
+        help="length of each later user message, in words",
     )
     add(
         "--answer-tokens",
@@ -112,9 +115,9 @@ def _add_arguments(parser: Any) -> None:
 def _workload(options: Any) -> Workload:
     return Workload(
         seed=int(options.workload_seed),
-        system_tokens=int(options.system_tokens),
-        context_tokens=int(options.context_tokens),
-        followup_tokens=int(options.followup_tokens),
+        system_words=int(options.system_words),
+        context_words=int(options.context_words),
+        followup_words=int(options.followup_words),
         answer_tokens=int(options.answer_tokens),
         turns=int(options.turns),
         think_time=float(options.think_time),

@@ -1,8 +1,9 @@
 """The benchmark's conversations: deterministic text for (seed, user, session, turn).
 
 Pure and locust-free, so the runner, the locust file and the tests share one definition. Lengths
-are in words; the mock tokenizes a word (with its trailing space) as one token, and real
-tokenizers give roughly 1.3 tokens per English word, so "tokens ~ words".
+are in words (`*_words`): the mock tokenizes a word (with its trailing space) as one token, real
+tokenizers give roughly 1.3 tokens per English word. Only `answer_tokens` is in tokens: it is the
+requests' max_tokens. (bench/real/gpu/host.py's TokenWorkload is the same shape in real tokens.)
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ class Workload:
     """What every simulated user does; the same knobs and seed give the same conversations."""
 
     seed: int = 1
-    system_tokens: int = 400  # shared by every session: cacheable across sessions
-    context_tokens: int = 2000  # a document or code file pasted in each session's first turn
-    followup_tokens: int = 40  # each later user message
+    system_words: int = 400  # shared by every session: cacheable across sessions
+    context_words: int = 2000  # a document or code file pasted in each session's first turn
+    followup_words: int = 40  # each later user message
     answer_tokens: int = 120  # max_tokens of every request
     turns: int = 6  # turns per session, then the user starts a new session
     think_time: float = 1.0  # mean seconds between an answer and the next question
@@ -58,7 +59,7 @@ def session_id(workload: Workload, user: int, session: int) -> str:
 
 def system_prompt(workload: Workload) -> str:
     rng = _rng(workload, "system")
-    words = _words(rng, max(workload.system_tokens - 8, 1), _WORDS)
+    words = _words(rng, max(workload.system_words - 8, 1), _WORDS)
     return "You are a careful assistant for a team that runs inference clusters. " + " ".join(words)
 
 
@@ -89,10 +90,10 @@ def first_message(workload: Workload, user: int, session: int) -> str:
     """The long first turn: a generated document or code file, then a question about it."""
     rng = _rng(workload, "context", user, session)
     if rng.random() < 0.5:
-        body = _code_file(rng, workload.context_tokens)
+        body = _code_file(rng, workload.context_words)
         ask = "Here is a file from our code base. Explain what it does, briefly."
     else:
-        body = _document(rng, workload.context_tokens)
+        body = _document(rng, workload.context_words)
         ask = "Here is a design document. Summarise the main points, briefly."
     return f"{ask}\n\n{body}"
 
@@ -100,7 +101,7 @@ def first_message(workload: Workload, user: int, session: int) -> str:
 def followup(workload: Workload, user: int, session: int, turn: int) -> str:
     """A short later turn (turn >= 2)."""
     rng = _rng(workload, "followup", user, session, turn)
-    words = _words(rng, max(workload.followup_tokens - 3, 1), _WORDS)
+    words = _words(rng, max(workload.followup_words - 3, 1), _WORDS)
     return "Follow up: " + " ".join(words) + "?"
 
 

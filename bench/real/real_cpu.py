@@ -111,9 +111,9 @@ def run(args: argparse.Namespace, command: str) -> None:
         kv_blocks=blocks,
         workload=replace(
             w,
-            system_tokens=round(w.system_tokens * scale),
-            context_tokens=round(w.context_tokens * scale),
-            followup_tokens=round(w.followup_tokens * scale),
+            system_words=round(w.system_words * scale),
+            context_words=round(w.context_words * scale),
+            followup_words=round(w.followup_words * scale),
         ),
     )
     mock_args = replace_args(args, replicas="", model="", extra_body="", mock_profile="small-cpu")

@@ -57,9 +57,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--duration", type=float, help="seconds per target (full 75, quick 10)")
     g = p.add_argument_group("workload (see bench/load/workload.py)")
     g.add_argument("--workload-seed", type=int)
-    g.add_argument("--system-tokens", type=int, help="shared system prompt (words ~ tokens)")
-    g.add_argument("--context-tokens", type=int, help="per-session context in turn 1")
-    g.add_argument("--followup-tokens", type=int, help="each later user message")
+    # Lengths in words (--*-tokens: their former spelling); only the answer is in tokens.
+    g.add_argument("--system-words", "--system-tokens", type=int, help="shared system prompt")
+    g.add_argument("--context-words", "--context-tokens", type=int, help="context in turn 1")
+    g.add_argument("--followup-words", "--followup-tokens", type=int, help="later user messages")
     g.add_argument("--answer-tokens", type=int, help="max_tokens per request")
     g.add_argument("--turns", type=int, help="turns per session")
     g.add_argument("--think-time", type=float, help="mean pause between turns (s)")

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from bench import ROOT
 from bench.endpoints import cache_config_info, get_text, http_json
-from bench.load import workload as bench_workload
+from bench.load.workload import Workload, first_message
 from bench.real.vllm_engines import (
     DEFAULT_MODELS,
     EngineConfig,
@@ -65,8 +65,9 @@ TEMPLATE_TOKENS_PER_MESSAGE = 6  # <|im_start|>role\n ... <|im_end|>\n
 
 
 @dataclass(frozen=True)
-class Workload:
-    """The workload in real tokens of the served model's tokenizer (bench.runner counts words)."""
+class TokenWorkload:
+    """bench.load.workload's knobs in real tokens of the served model's tokenizer (that one's
+    lengths are words; bench_command converts)."""
 
     system_tokens: int = 512
     context_tokens: int = 3000
@@ -102,7 +103,7 @@ class Sizing:
 
 
 def size_users(
-    capacity_tokens: int, workload: Workload, engines: int, overflow: float, max_users: int
+    capacity_tokens: int, workload: TokenWorkload, engines: int, overflow: float, max_users: int
 ) -> int:
     """Live sessions (one per user) whose prefixes fill ``overflow`` times one engine's cache."""
     users = math.ceil(overflow * capacity_tokens / workload.session_tokens())
@@ -111,7 +112,7 @@ def size_users(
 
 def sizing_of(
     cache_infos: list[dict[str, str]],
-    workload: Workload,
+    workload: TokenWorkload,
     overflow: float,
     max_users: int,
 ) -> Sizing:
@@ -137,8 +138,8 @@ def sizing_of(
 
 def tokens_per_word(url: str, model: str) -> float:
     """How many tokens the served tokenizer makes of one word of bench.load.workload's text."""
-    sample = bench_workload.Workload(context_tokens=2000)
-    text = bench_workload.first_message(sample, 0, 0)
+    sample = Workload(context_words=2000)
+    text = first_message(sample, 0, 0)
     answer = http_json("POST", f"{url}/tokenize", {"model": model, "prompt": text})
     return float(answer["count"]) / max(1, len(text.split()))
 
@@ -211,7 +212,7 @@ def fit_profile(url: str, model: str, out: Path, timeout_s: float) -> None:
 def bench_command(
     args: argparse.Namespace,
     urls: list[str],
-    workload: Workload,
+    workload: TokenWorkload,
     ratio: float,
     users: int,
     duration_s: float,
@@ -237,11 +238,11 @@ def bench_command(
         str(max(1.0, users / 10)),
         "--duration",
         f"{duration_s:.0f}",
-        "--system-tokens",
+        "--system-words",
         words(workload.system_tokens),
-        "--context-tokens",
+        "--context-words",
         words(workload.context_tokens),
-        "--followup-tokens",
+        "--followup-words",
         words(workload.followup_tokens),
         "--answer-tokens",
         str(workload.answer_tokens),
@@ -297,12 +298,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine-arg", action="append", default=[], help="extra flag for every engine")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--policies", default="session,round_robin,least_loaded,prefix")
-    p.add_argument("--system-tokens", type=int, default=Workload.system_tokens)
-    p.add_argument("--context-tokens", type=int, default=Workload.context_tokens)
-    p.add_argument("--followup-tokens", type=int, default=Workload.followup_tokens)
-    p.add_argument("--answer-tokens", type=int, default=Workload.answer_tokens)
-    p.add_argument("--turns", type=int, default=Workload.turns)
-    p.add_argument("--think-time", type=float, default=Workload.think_time)
+    p.add_argument("--system-tokens", type=int, default=TokenWorkload.system_tokens)
+    p.add_argument("--context-tokens", type=int, default=TokenWorkload.context_tokens)
+    p.add_argument("--followup-tokens", type=int, default=TokenWorkload.followup_tokens)
+    p.add_argument("--answer-tokens", type=int, default=TokenWorkload.answer_tokens)
+    p.add_argument("--turns", type=int, default=TokenWorkload.turns)
+    p.add_argument("--think-time", type=float, default=TokenWorkload.think_time)
     p.add_argument("--overflow", type=float, default=2.0, help="live sessions / one engine's cache")
     p.add_argument("--max-users", type=int, default=400)
     p.add_argument("--users", type=int, default=0, help="override the sizing")
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             + (["--attention-backend", args.attention_backend] if args.attention_backend else [])
         ),
     )
-    workload = Workload(
+    workload = TokenWorkload(
         args.system_tokens,
         args.context_tokens,
         args.followup_tokens,
