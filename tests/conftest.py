@@ -1,6 +1,7 @@
+"""Fixtures shared by every test folder: fake upstreams, the router in-process or as a process."""
+
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -11,12 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench import ROOT
 from bench.checks.fake_upstream import Behaviour, FakeUpstream
 from bench.endpoints import NotUp, free_port, wait_until_up_async
 from router.app import build_app
 from router.config import Config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def router_config(urls: list[str], **overrides: Any) -> Config:
