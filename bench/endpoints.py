@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +42,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def router_command(port: int, *flags: str) -> list[str]:
+    """`python -m router` on 127.0.0.1:``port`` with ``flags``, to start from the repo root."""
+    return [sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port), *flags]
 
 
 def http(

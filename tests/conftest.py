@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bench import ROOT
 from bench.checks.fake_upstream import Behaviour, FakeUpstream
-from bench.endpoints import NotUp, free_port, wait_until_up_async
+from bench.endpoints import NotUp, free_port, router_command, wait_until_up_async
 from router.app import build_app
 from router.config import Config
 
@@ -91,18 +90,11 @@ class RouterProcess:
     def __init__(self, args: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *args,
-        ]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            router_command(self.port, *args),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench import ROOT
-from bench.endpoints import free_port, wait_until_up_async
+from bench.endpoints import free_port, router_command, wait_until_up_async
 
 BODY = {
     "model": "fake-model",
@@ -99,15 +99,11 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     upstream_port, router_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     router = f"http://127.0.0.1:{router_port}"
-    python = sys.executable
     with ExitStack() as stack:
-        fake = [python, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
+        fake = [sys.executable, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
         fake_upstream = start([*fake, "--chunks", "50"], stack)
-        router_process = start(
-            [python, "-m", "router", "--replica", upstream, "--host", "127.0.0.1",
-             "--port", str(router_port), "--log-level", "warning"],
-            stack,
-        )  # fmt: skip
+        flags = ("--replica", upstream, "--log-level", "warning")
+        router_process = start(router_command(router_port, *flags), stack)
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
         await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up

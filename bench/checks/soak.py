@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from bench.checks.overhead import start
-from bench.endpoints import free_port, wait_until_up_async
+from bench.endpoints import free_port, router_command, wait_until_up_async
 
 SYSTEM = "You are a helpful assistant in a long-running soak test. Answer briefly."
 
@@ -207,9 +207,8 @@ async def soak(args: argparse.Namespace) -> tuple[dict[str, object], Tally]:
             mocks.append(start([sys.executable, *cmd, "--model", "mock"], stack))
             replicas.append(f"http://127.0.0.1:{port}")
         port = free_port()
-        flags = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        flags += [a for r in replicas for a in ("--replica", r)]
-        router = start([sys.executable, "-m", "router", *flags], stack)
+        flags = [a for r in replicas for a in ("--replica", r)]
+        router = start(router_command(port, "--log-level", "warning", *flags), stack)
         for replica, mock in zip(replicas, mocks, strict=True):
             await wait_until_up_async(replica + "/health", mock)
         url = f"http://127.0.0.1:{port}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from bench.endpoints import router_command
 
 BUILTIN_POLICIES = ("session", "prefix", "round_robin", "random", "least_loaded")
 DEFAULT_POLICIES = "session,prefix,round_robin,least_loaded"
@@ -64,14 +65,8 @@ def launch(target: Target, port: int, replicas: Sequence[str], extra: Sequence[s
     """The command for a target the runner starts (this router, or an external one's template)."""
     base = f"http://127.0.0.1:{port}"
     if target.policy:
-        command = [
-            sys.executable,
-            "-m",
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+        command = router_command(
+            port,
             *ROUTER_ARGS.get(target.policy, ("--policy", target.policy)),
             "--log-level",
             "warning",
@@ -79,7 +74,7 @@ def launch(target: Target, port: int, replicas: Sequence[str], extra: Sequence[s
             "1",
             *[arg for replica in replicas for arg in ("--replica", replica)],
             *extra,
-        ]
+        )
         return Launch(command, f"{base}/ready", range(200, 201))
     assert target.command is not None
     template = (
