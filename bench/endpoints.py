@@ -1,4 +1,5 @@
-"""The local servers the benchmarks and tests start: a free port, waiting until one answers, asking.
+"""The local servers the benchmarks and tests start: a free port, starting one, waiting until it
+answers, asking it.
 
 Blocking and standard-library only (urllib), so that the runner, the real-engine tools, the GPU
 host script and the tests share one definition; async code awaits `wait_until_up_async`, which
@@ -10,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from http.client import HTTPException
 from typing import Any, Protocol
+
+from bench import ROOT
 
 _INFO_LINE = re.compile(r"^vllm:cache_config_info\{(?P<labels>[^}]*)\}", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -47,6 +53,25 @@ def free_port() -> int:
 def router_command(port: int, *flags: str) -> list[str]:
     """`python -m router` on 127.0.0.1:``port`` with ``flags``, to start from the repo root."""
     return [sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port), *flags]
+
+
+def start_server(command: list[str], stack: ExitStack) -> subprocess.Popen[bytes]:
+    """A quiet child process started from the repository root, stopped when ``stack`` closes
+    (SIGINT, as Ctrl-C would, then SIGKILL after 10 s)."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def stop() -> None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    stack.callback(stop)
+    return process
 
 
 def http(

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -23,8 +21,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench import ROOT
-from bench.endpoints import free_port, router_command, wait_until_up_async
+from bench.endpoints import free_port, router_command, start_server, wait_until_up_async
 
 BODY = {
     "model": "fake-model",
@@ -40,21 +37,6 @@ class Result:
     ttft_p99_ms: float
     requests: int
     errors: int
-
-
-def start(cmd: list[str], stack: ExitStack) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop() -> None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
-    return proc
 
 
 async def drive(url: str, concurrency: int, seconds: float) -> Result:
@@ -101,9 +83,9 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
         fake = [sys.executable, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
-        fake_upstream = start([*fake, "--chunks", "50"], stack)
+        fake_upstream = start_server([*fake, "--chunks", "50"], stack)
         flags = ("--replica", upstream, "--log-level", "warning")
-        router_process = start(router_command(router_port, *flags), stack)
+        router_process = start_server(router_command(router_port, *flags), stack)
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
         await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.checks.overhead import start
-from bench.endpoints import free_port, router_command, wait_until_up_async
+from bench.endpoints import free_port, router_command, start_server, wait_until_up_async
 
 SYSTEM = "You are a helpful assistant in a long-running soak test. Answer briefly."
 
@@ -204,11 +203,11 @@ async def soak(args: argparse.Namespace) -> tuple[dict[str, object], Tally]:
             port = free_port()
             cmd = ["-m", "bench.mock_vllm", "--host", "127.0.0.1", "--port", str(port)]
             cmd += ["--profile", args.profile, "--speed", str(args.speed), "--seed", str(i)]
-            mocks.append(start([sys.executable, *cmd, "--model", "mock"], stack))
+            mocks.append(start_server([sys.executable, *cmd, "--model", "mock"], stack))
             replicas.append(f"http://127.0.0.1:{port}")
         port = free_port()
         flags = [a for r in replicas for a in ("--replica", r)]
-        router = start(router_command(port, "--log-level", "warning", *flags), stack)
+        router = start_server(router_command(port, "--log-level", "warning", *flags), stack)
         for replica, mock in zip(replicas, mocks, strict=True):
             await wait_until_up_async(replica + "/health", mock)
         url = f"http://127.0.0.1:{port}"
