@@ -13,7 +13,7 @@
 # Usage: bench/real/gpu/build_bundle.sh [--no-locust] [--keep-site]
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 OUT="$ROOT/.gpu-bundle"
 WHEELS="$OUT/wheels"
 SITE="$OUT/site"

@@ -12,7 +12,7 @@
 # OUT (if set: results are packed there too, as the device tool fetches them).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT"
 BUNDLE="$ROOT/.gpu-bundle"
 STAGE="${VSR_GPU_STAGE:-/tmp/vsr-gpu-stage}"
