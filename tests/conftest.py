@@ -1,10 +1,8 @@
+"""Fixtures shared by every test folder: fake upstreams, the router in-process or as a process."""
+
 from __future__ import annotations
 
-import asyncio
-import os
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,12 +11,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.endpoints import free_port
+from bench import ROOT
+from bench.checks.fake_upstream import Behaviour, FakeUpstream
+from bench.endpoints import NotUp, free_port, router_command, wait_until_up_async
 from router.app import build_app
 from router.config import Config
-from tests.fake_upstream import Behaviour, FakeUpstream
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def router_config(urls: list[str], **overrides: Any) -> Config:
@@ -93,33 +90,18 @@ class RouterProcess:
     def __init__(self, args: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *args,
-        ]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            router_command(self.port, *args),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    async with session.get(self.url + "/ready") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"router not ready: {self.output()}")
+        try:
+            await wait_until_up_async(self.url + "/ready", self.proc, timeout)
+        except NotUp as error:
+            raise AssertionError(f"router not ready ({error}): {self.output()}") from None
 
     def output(self) -> str:
         if self.proc.poll() is None:

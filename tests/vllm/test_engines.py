@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from bench.openai_stream import StreamResult, get_text, metric_total, stream_chat
-from bench.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
+from bench.load.openai_stream import StreamResult, stream_chat
+from bench.real.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
+from bench.runner.counters import read_counters
 
 pytestmark = pytest.mark.vllm
 
@@ -38,11 +39,8 @@ def chat(
 
 
 def prefix_cache_counters(url: str) -> tuple[float, float]:
-    metrics = get_text(f"{url}/metrics")
-    return (
-        metric_total(metrics, "vllm:prefix_cache_queries_total"),
-        metric_total(metrics, "vllm:prefix_cache_hits_total"),
-    )
+    counters = read_counters(url)
+    return counters.queries, counters.hits
 
 
 def counters_after(url: str, before: tuple[float, float]) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import aiohttp
 import openai
 import pytest
 
-from bench.vllm_engines import EngineFleet, reset_prefix_cache
+from bench.real.vllm_engines import EngineFleet, reset_prefix_cache
 from router.scraper import parse_vllm_metrics
 from tests.conftest import RouterClient
 

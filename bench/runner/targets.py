@@ -1,0 +1,87 @@
+"""What the benchmark measures: this router under each policy, another router, or a running one."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.endpoints import router_command
+
+BUILTIN_POLICIES = ("session", "prefix", "consistent_hash", "round_robin", "random", "least_loaded")
+DEFAULT_POLICIES = "session,prefix,round_robin,least_loaded"
+# `prefix`: the session policy keyed on the prompt anchor alone, measured without a session id.
+ROUTER_ARGS = {"prefix": ("--policy", "session", "--key-source", "prompt")}
+NO_HEADER_POLICIES = ("prefix",)
+
+
+@dataclass
+class Target:
+    name: str
+    policy: str | None = None  # one of ours: python -m router --policy
+    command: str | None = None  # an external router's command template
+    url: str | None = None  # already running
+    session_header: bool = True
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a target on a port, and the URL that answers once it is ready."""
+
+    command: list[str] | str  # a string runs in a shell
+    ready_url: str
+    ready_statuses: range
+
+
+def targets_of(args: argparse.Namespace, default_policies: str = DEFAULT_POLICIES) -> list[Target]:
+    default = "" if args.router_url else default_policies
+    names = [
+        n.strip() for n in (args.policies if args.policies is not None else default).split(",")
+    ]
+    targets = []
+    for name in filter(None, names):
+        if name not in BUILTIN_POLICIES:
+            raise SystemExit(f"unknown policy {name!r}; one of {', '.join(BUILTIN_POLICIES)}")
+        targets.append(Target(name, policy=name, session_header=name not in NO_HEADER_POLICIES))
+    for spec in args.router_cmd:
+        name, sep, template = spec.partition("=")
+        if not sep or not name or not template:
+            raise SystemExit(f"--router-cmd wants NAME=TEMPLATE, got {spec!r}")
+        targets.append(Target(name, command=template))
+    for spec in args.router_url:
+        name, sep, url = spec.partition("=")
+        if not sep or "://" in name:
+            name, url = "deployed", spec
+        targets.append(Target(name, url=url.rstrip("/")))
+    if not targets:
+        raise SystemExit("nothing to measure: give --policies, --router-cmd or --router-url")
+    if len({t.name for t in targets}) != len(targets):
+        raise SystemExit("target names must be unique")
+    return targets
+
+
+def launch(target: Target, port: int, replicas: Sequence[str], extra: Sequence[str]) -> Launch:
+    """The command for a target the runner starts (this router, or an external one's template)."""
+    base = f"http://127.0.0.1:{port}"
+    if target.policy:
+        command = router_command(
+            port,
+            *ROUTER_ARGS.get(target.policy, ("--policy", target.policy)),
+            "--log-level",
+            "warning",
+            "--drain-seconds",
+            "1",
+            *[arg for replica in replicas for arg in ("--replica", replica)],
+            *extra,
+        )
+        return Launch(command, f"{base}/ready", range(200, 201))
+    assert target.command is not None
+    template = (
+        target.command.replace("{port}", str(port))
+        .replace("{host}", "127.0.0.1")
+        .replace("{replicas}", ",".join(replicas))
+        .replace("{replica_args}", " ".join(f"--replica {shlex.quote(r)}" for r in replicas))
+    )
+    # Any answer below 500 will do: an external router may want a key on /v1/models.
+    return Launch(template, f"{base}/v1/models", range(100, 500))
