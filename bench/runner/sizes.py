@@ -75,23 +75,24 @@ REAL_CPU = Size(
         think_time=0.5,
     ),
 )
-# The skewed scenario on two real CPU engines: 32 users, a quarter of the sessions hot (their
-# document 3x longer, 3x faster turns), hot turn 6 reaching ~1,500 tokens of the 2,048 context.
-# The engines' KV cache is sized to a share of the workload's live tokens (bench/real/real_cpu.py).
+# The skewed scenario on two real CPU engines: a quarter of the sessions hot (their document 3x
+# longer, 3x faster turns), hot turn 6 reaching ~1,600 of the 2,048-token context. 12 users offer
+# ~2.5 requests/s, about half of what two engines on this machine's two cores serve. The engines'
+# KV cache is sized to a share of the workload's live tokens (bench/real/real_cpu.py).
 REAL_CPU_SKEWED = Size(
     mocks=2,
     kv_blocks=0,
     speed=1.0,
-    users=32,
-    spawn_rate=8,
+    users=12,
+    spawn_rate=6,
     duration=90,
     workload=Workload(
         system_words=40,
-        context_words=100,
+        context_words=80,
         followup_words=8,
         answer_tokens=24,
         turns=6,
-        think_time=2.0,
+        think_time=3.0,
         hot_share=0.25,
         hot_context_factor=3.0,
         hot_pace_factor=3.0,
