@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ class Behaviour:
 
 @dataclass
 class Seen:
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    # The latest requests only: a long load must not grow the upstream without bound.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     cancelled: int = 0  # requests whose client went away before the response ended
     completed: int = 0
     running: int = 0
