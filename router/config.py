@@ -307,6 +307,8 @@ class Config:
             raise ConfigError("--replicas-dns takes HOST:PORT")
         if not 0 <= self.kv_events_port < 65536 or not 0 <= self.kv_replay_port < 65536:
             raise ConfigError("--kv-events-port and --kv-replay-port must be ports (0: none)")
+        if self.tokenizer and not os.path.exists(os.path.join(self.tokenizer, "tokenizer.json")):
+            raise ConfigError(f"--tokenizer {self.tokenizer}: no tokenizer.json there")
         if self.kv_events_ranks < 1 or self.kv_index_blocks < 1:
             raise ConfigError("--kv-events-ranks and --kv-index-blocks must be >= 1")
         self.replica_specs  # noqa: B018 - parse now so that a bad spec fails at start-up

@@ -12,6 +12,7 @@ from router.core.placement import ConversationTable
 from router.core.policies import Policy, make_policy
 from router.core.ring import SpillTable
 from router.metrics import ReplicaWork
+from router.prompt_tokens import PromptTokenizer
 from router.replicas import ReplicaSet
 
 
@@ -34,6 +35,8 @@ class Fleet:
         # Engine truth (docs/design.md): what each replica with KV-cache events has cached.
         self.config = config
         self.blocks = BlockIndex(config.kv_index_blocks)
+        # The served model's tokenizer: a request's prompt tokens, to look them up in `blocks`.
+        self.prompts = PromptTokenizer(config.tokenizer) if config.tokenizer else None
         self.replicas.on_members += [
             self.loads.set_members,
             self.policy.set_replicas,
