@@ -250,8 +250,9 @@ class Config:
     )
     # --- engine truth: vLLM's KV-cache events (docs/design.md, Engine truth)
     kv_events_port: int = setting(
-        "Port of each replica's KV-event publisher (the endpoint of vLLM's kv-events-config) on the "
-        "replica's host, for replicas whose spec has no kv_events= (those found by DNS); 0: none.",
+        "Port of each replica's KV-event publisher (the endpoint of vLLM's kv-events-config) on "
+        "the replica's host, for replicas whose spec has no kv_events= (those found by DNS); "
+        "0: none.",
         default=0,
         group="events",
     )
