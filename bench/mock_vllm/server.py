@@ -18,7 +18,7 @@ from .metrics import EngineMetrics
 from .options import MockOptions
 from .protocol import ApiError, GenerationRequest, ResponseWriter
 from .scheduler import Scheduler, Sequence
-from .tokenizer import answer_length, answer_tokens, encode, token_id
+from .tokenizer import answer_ids, answer_length, answer_tokens, encode
 
 # How often the reaper looks for clients that went away.
 DISCONNECT_POLL_SECONDS = 0.05
@@ -161,7 +161,7 @@ def _sequence(options: MockOptions, parsed: GenerationRequest) -> Sequence:
     pieces = answer_tokens(prompt_ids, options.seed, count)
     return Sequence(
         prompt_ids=prompt_ids,
-        output_ids=[token_id(p) for p in pieces],
+        output_ids=answer_ids(pieces),
         output_pieces=pieces,
         finish_reason="stop" if natural <= max_tokens else "length",
         arrival=asyncio.get_running_loop().time(),

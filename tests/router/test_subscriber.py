@@ -15,7 +15,7 @@ import zmq.asyncio
 from bench.endpoints import free_port
 from bench.mock_vllm import MockOptions, start_server
 from bench.mock_vllm.kv_events import EventPublisher, KvEventsConfig
-from bench.mock_vllm.tokenizer import encode, render_chat
+from bench.mock_vllm.tokenizer import TOKENIZER_FOLDER
 from router.app import FLEET
 from router.config import Config, EventEndpoints, event_endpoints, parse_replica
 from router.core.block_index import BlockIndex, prompt_blocks
@@ -195,8 +195,9 @@ def test_endpoints_per_rank_follow_vllms_port_offsets() -> None:
 async def test_the_router_indexes_mock_replicas_events_and_shows_them(
     router: RouterClient,
 ) -> None:
-    """Two mocks publishing events; the router's subscribers fill its index, which predicts
-    what the mock then reports cached; /router/replicas and /metrics show the subscriptions."""
+    """Two mocks publishing events; the router's subscribers fill its index, which, with the
+    router's tokenization of the mock's shipped tokenizer files, predicts what the mock then
+    reports cached; /router/replicas and /metrics show the subscriptions."""
     mocks, specs = [], []
     for _ in range(2):
         config = ports()
@@ -210,14 +211,16 @@ async def test_the_router_indexes_mock_replicas_events_and_shows_them(
         mocks.append(mock)
         specs.append(f"{mock.url}#kv_events={config.endpoint}&kv_replay={config.replay_endpoint}")
     try:
-        client = await router(specs, scrape_interval=0.2)
-        index = client.app[FLEET].blocks
+        client = await router(specs, scrape_interval=0.2, tokenizer=str(TOKENIZER_FOLDER))
+        index, prompts = client.app[FLEET].blocks, client.app[FLEET].prompts
+        assert prompts is not None
         messages: list[dict[str, Any]] = [{"role": "user", "content": "word " * 300}]
         checked = 0
         async with aiohttp.ClientSession() as http:
             for turn in range(3):
                 body = {"model": "mock", "messages": messages, "max_tokens": 20, "stream": False}
-                tokens = encode(render_chat(messages))
+                tokens = prompts.request_tokens("/v1/chat/completions", body)
+                assert tokens is not None
                 predicted = index.cached_tokens(tokens)
                 async with http.post(
                     str(client.make_url("/v1/chat/completions")),
