@@ -302,35 +302,36 @@ class EventSubscribers:
         """Each subscribed replica's figures, for /metrics."""
         now = time.time()
         for url, subscription in self.subscriptions.items():
-            ranks = [r.state for r in subscription.ranks]
-            stats = self.index.stats(url)
-            lags = [s.lag_s for s in ranks if s.lag_s is not None]
-            yield ReplicaEvents(
-                replica=url,
-                ranks=len(ranks),
-                connected=sum(1 for s in ranks if s.connected),
-                lag_s=max(lags) if lags else None,
-                batches=sum(s.batches for s in ranks),
-                events=sum(s.events for s in ranks),
-                gaps=sum(s.gaps for s in ranks),
-                lost=sum(s.lost for s in ranks),
-                restarts=sum(s.restarts for s in ranks),
-                malformed=sum(s.malformed for s in ranks),
-                skipped=sum(s.skipped for s in ranks),
-                blocks=self.index.footprint(url),
-                capacity=self.index.capacity(url),
-                evictions_per_s=self.index.eviction_pressure(url, now),
-                orphans=stats.orphans if stats else 0,
-            )
+            yield self._row(url, subscription, now)
+
+    def _row(self, url: str, subscription: ReplicaSubscription, now: float) -> ReplicaEvents:
+        ranks = [r.state for r in subscription.ranks]
+        stats = self.index.stats(url)
+        lags = [s.lag_s for s in ranks if s.lag_s is not None]
+        return ReplicaEvents(
+            replica=url,
+            ranks=len(ranks),
+            connected=sum(1 for s in ranks if s.connected),
+            lag_s=max(lags) if lags else None,
+            batches=sum(s.batches for s in ranks),
+            events=sum(s.events for s in ranks),
+            gaps=sum(s.gaps for s in ranks),
+            lost=sum(s.lost for s in ranks),
+            restarts=sum(s.restarts for s in ranks),
+            malformed=sum(s.malformed for s in ranks),
+            skipped=sum(s.skipped for s in ranks),
+            blocks=self.index.footprint(url),
+            capacity=self.index.capacity(url),
+            evictions_per_s=self.index.eviction_pressure(url, now),
+            orphans=stats.orphans if stats else 0,
+        )
 
     def status(self, url: str) -> dict[str, object]:
         """A replica's events for /router/replicas."""
         subscription = self.subscriptions.get(url)
         if subscription is None:
             return {"kv_events": None}
-        for row in self.rows():
-            if row.replica == url:
-                break
+        row = self._row(url, subscription, time.time())
         return {
             "kv_events": {
                 "connected": row.connected == row.ranks,
