@@ -14,6 +14,7 @@ prompt + answer exactly.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +26,23 @@ TOKENIZER_FOLDER = Path(__file__).resolve().parent / "tokenizer"
 # one other non-space character, with the whitespace after it ("Hello ", ", "); so a prefix of a
 # text splits into a prefix of its pieces, all but the last (possibly partial) one.
 PIECE = r"\w+\s*|[^\w\s]\s*|\s+"
+_PIECE = re.compile(PIECE)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-symbol map, as the byte-level pre-tokenizer applies it: printable bytes
+    stand for themselves, the others for the code points from 256 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    symbols, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+_BYTE_SYMBOL = _byte_symbols()
 # What render_chat renders, as a model's tokenizer_config.json carries it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
@@ -111,9 +129,39 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.from_file(str(TOKENIZER_FOLDER / "tokenizer.json"))
 
 
+@lru_cache(maxsize=1)
+def _tables() -> tuple[re.Pattern[str], dict[str, int], dict[str, int]]:
+    """The special tokens' split, their ids, and the vocabulary by byte-symbol text."""
+    added = {t.content: i for i, t in tokenizer().get_added_tokens_decoder().items()}
+    special = re.compile("(" + "|".join(re.escape(t) for t in added) + ")")
+    return special, added, tokenizer().get_vocab(with_added_tokens=False)
+
+
 def encode(text: str) -> list[int]:
-    """Token ids of `text`, as vLLM encodes a rendered chat (no special tokens added)."""
-    return list(tokenizer().encode(text, add_special_tokens=False).ids)
+    """Token ids of `text`, as vLLM encodes a rendered chat (no special tokens added).
+
+    The same ids as the shipped tokenizer.json (a test checks it), several times faster: special
+    tokens split first, then each piece of ASCII text is one vocabulary lookup, cached; a piece
+    outside the vocabulary, and other text, go through the tokenizer itself."""
+    special, added, _ = _tables()
+    ids: list[int] = []
+    for i, segment in enumerate(special.split(text)):
+        if i % 2:
+            ids.append(added[segment])
+        elif segment.isascii():  # where Python's and the tokenizer's regex agree on \w
+            for piece in _PIECE.findall(segment):
+                ids.extend(_piece_ids(piece))
+        elif segment:
+            ids.extend(tokenizer().encode(segment, add_special_tokens=False).ids)
+    return ids
+
+
+@lru_cache(maxsize=1 << 16)
+def _piece_ids(piece: str) -> tuple[int, ...]:
+    token = _tables()[2].get("".join(_BYTE_SYMBOL[b] for b in piece.encode()))
+    if token is not None:
+        return (token,)
+    return tuple(tokenizer().encode(piece, add_special_tokens=False).ids)
 
 
 def answer_ids(pieces: list[str]) -> list[int]:

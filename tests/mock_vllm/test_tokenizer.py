@@ -18,6 +18,7 @@ from bench.mock_vllm.tokenizer import (
     answer_tokens,
     encode,
     render_chat,
+    tokenizer,
 )
 from router.prompt_tokens import PromptTokenizer
 
@@ -36,6 +37,12 @@ def test_a_text_prefix_tokenizes_to_a_token_prefix_up_to_its_last_piece(
 def test_different_texts_never_share_token_ids(words: list[str]) -> None:
     texts = {" ".join(words), " ".join(reversed(words)) + "!"}
     assert len({tuple(encode(t)) for t in texts}) == len(texts)
+
+
+@given(st.text())
+def test_the_fast_encoder_gives_the_shipped_tokenizers_ids(text: str) -> None:
+    for sample in (text, f"<|im_start|>user\n{text}<|im_end|>\n"):
+        assert encode(sample) == tokenizer().encode(sample, add_special_tokens=False).ids
 
 
 def test_same_text_gives_same_tokens() -> None:
