@@ -202,3 +202,98 @@ PER_REPLICA: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
     (TTFT, ("replica",)),
     (UPSTREAM_ERRORS, ("replica", "kind")),
 )
+
+
+@dataclass(frozen=True)
+class ReplicaEvents:
+    """One replica's KV-event subscription and what its index holds (router/subscriber.py)."""
+
+    replica: str
+    ranks: int
+    connected: int  # ranks whose publisher is connected
+    lag_s: float | None  # receive time - engine time of the last live batch (worst rank)
+    batches: int
+    events: int
+    gaps: int
+    lost: int
+    restarts: int
+    malformed: int
+    skipped: int
+    blocks: dict[str, int]  # medium -> blocks held now
+    capacity: int | None
+    evictions_per_s: float
+    orphans: int
+
+
+class EventsCollector(Collector):
+    """Exports the subscribers' figures when Prometheus asks; only current replicas appear."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[ReplicaEvents]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["replica"]
+        connected = GaugeMetricFamily(
+            "router_kv_events_connected",
+            "1 if every data-parallel rank's KV-event publisher is connected, else 0.",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "router_kv_events_lag_seconds",
+            "Arrival time minus the engine's timestamp of the last live event batch.",
+            labels=labels,
+        )
+        counters = {
+            name: CounterMetricFamily(f"router_kv_events_{name}", doc, labels=labels)
+            for name, doc in (
+                ("batches", "KV-event batches applied to the index."),
+                ("events", "KV events applied to the index."),
+                ("gaps", "Sequence gaps seen (each starts a catch-up through the replay socket)."),
+                ("lost_batches", "Batches a gap lost for good (gone from the replay buffer)."),
+                ("restarts", "Publisher restarts seen (the replica's blocks were forgotten)."),
+                ("malformed", "Event messages that could not be read."),
+                ("skipped", "Events left out: unknown types or malformed events."),
+            )
+        }
+        blocks = GaugeMetricFamily(
+            "router_kv_index_blocks",
+            "Blocks the replica holds now by its events, per medium.",
+            labels=["replica", "medium"],
+        )
+        capacity = GaugeMetricFamily(
+            "router_kv_index_capacity_blocks",
+            "Blocks indexed at most per engine and medium (vLLM's num_gpu_blocks once scraped).",
+            labels=labels,
+        )
+        evictions = GaugeMetricFamily(
+            "router_kv_index_evictions_per_second",
+            "Blocks the replica removed per second (eviction pressure), 30 s moving average.",
+            labels=labels,
+        )
+        orphans = CounterMetricFamily(
+            "router_kv_index_orphan_blocks",
+            "Stored blocks whose parent block was unknown (events missed): not indexed.",
+            labels=labels,
+        )
+        for row in self.source() if self.source else ():
+            values = [row.replica]
+            connected.add_metric(values, 1.0 if row.connected == row.ranks else 0.0)
+            if row.lag_s is not None:
+                lag.add_metric(values, row.lag_s)
+            for name, value in (
+                ("batches", row.batches), ("events", row.events), ("gaps", row.gaps),
+                ("lost_batches", row.lost), ("restarts", row.restarts),
+                ("malformed", row.malformed), ("skipped", row.skipped),
+            ):  # fmt: skip
+                counters[name].add_metric(values, value)
+            for medium, count in sorted(row.blocks.items()):
+                blocks.add_metric([row.replica, medium], count)
+            if row.capacity is not None:
+                capacity.add_metric(values, row.capacity)
+            evictions.add_metric(values, row.evictions_per_s)
+            orphans.add_metric(values, row.orphans)
+        yield from (connected, lag, *counters.values(), blocks, capacity, evictions, orphans)
+
+
+EVENTS = EventsCollector()
+REGISTRY.register(EVENTS)

@@ -26,6 +26,10 @@ _IDENT_TEXT = (
 )
 _WORDS = tuple(_WORD_TEXT.split())
 _IDENTS = tuple(_IDENT_TEXT.split())
+# Every word the generated text is made of, and the parts of its code identifiers
+# (`a_b`): the mock's tokenizer has each word and each identifier as one token.
+VOCABULARY = (*_WORDS, *_IDENTS)
+IDENTIFIER_PARTS = _IDENTS
 
 
 @dataclass(frozen=True)

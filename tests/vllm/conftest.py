@@ -21,12 +21,20 @@ from bench.real.vllm_engines import (
 )
 
 TEST_PORT_BASE = 8181
+# KV-cache events: engine i publishes on 8185 + 2i and replays on the port after it.
+TEST_KV_EVENTS_PORT = 8185
 
 
 @pytest.fixture(scope="session")
 def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
     log_dir = Path(os.environ.get("VLLM_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
-    config = EngineConfig(model="tiny", count=2, base_port=TEST_PORT_BASE, log_dir=log_dir)
+    config = EngineConfig(
+        model="tiny",
+        count=2,
+        base_port=TEST_PORT_BASE,
+        log_dir=log_dir,
+        kv_events_port=TEST_KV_EVENTS_PORT,
+    )
     missing = missing_prerequisites(config)
     if missing:
         message = "real vLLM not set up, missing: " + "; ".join(missing)
@@ -38,7 +46,8 @@ def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def vllm_engines(vllm_config: EngineConfig) -> Iterator[EngineFleet]:
-    """Two healthy engines of the tiny model, one per core; stopped at the end of the session."""
+    """Two healthy engines of the tiny model, one per core, publishing KV-cache events; stopped at
+    the end of the session."""
     with running_engines(vllm_config) as fleet:
         yield fleet
 
