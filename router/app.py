@@ -21,6 +21,7 @@ from router.config import Config
 from router.core.keys import KeyExtractor, KeyRules
 from router.discovery import DnsDiscovery
 from router.fleet import Fleet
+from router.lookup import PromptLookup
 from router.proxy import ProxyHandler, error_response
 from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
@@ -147,6 +148,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         outliers=fleet.outliers,
         session=session,
         fresh_session=fresh,
+        lookup=PromptLookup(fleet.prompts, fleet.blocks) if fleet.prompts else None,
     )
     health = HealthChecker(replicas, session, config)
     loops: list[Coroutine[Any, Any, None]] = [health.run()]

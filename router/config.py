@@ -31,7 +31,7 @@ from router.core.placement import (
     DEFAULT_CONVERSATIONS,
     DEFAULT_FIRST_TURN_CHOICES,
 )
-from router.core.policies import POLICY_NAMES
+from router.core.policies import LOOKUP_MODES, POLICY_NAMES
 from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -280,6 +280,19 @@ class Config:
         "Folder with the served model's tokenizer.json and tokenizer_config.json (its "
         "chat_template), to find the blocks of a request's prompt ('' disables).",
         default="",
+        group="events",
+    )
+    kv_lookup: str = setting(
+        "session: when to tokenize a request and ask the replicas' events where its prompt is "
+        "cached: never; doubt (a later turn this router has not seen, a replica gone, a "
+        "prompt-anchor key, a spill); always. Needs --tokenizer and replicas with events.",
+        default="doubt",
+        choices=LOOKUP_MODES,
+        group="events",
+    )
+    kv_pressure: bool = setting(
+        "session: first turns weigh each replica's KV evictions per second, from its events.",
+        default=True,
         group="events",
     )
 

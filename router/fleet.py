@@ -28,6 +28,7 @@ class Fleet:
             conversations=ConversationTable(config.placement_table_size, config.placement_ttl),
             spill=SpillTable(config.placement_table_size, config.placement_ttl),
             first_turn_choices=config.first_turn_choices,
+            lookup=config.kv_lookup if engine_truth(config) else "never",
         )
         self.loads = Loads(config.load_signal, config.prefill_rate)
         self.outliers = OutlierDetector(config.outlier_ttft_factor, config.outlier_min_ttft)
@@ -81,6 +82,13 @@ class Fleet:
             }
             for row in self.replicas.status(now)
         ]
+
+
+def engine_truth(config: Config) -> bool:
+    """Whether the router can know where a prompt is cached: a tokenizer, and replicas that
+    publish KV-cache events."""
+    events = config.kv_events_port or any(spec.kv_events for spec in config.replica_specs)
+    return bool(config.tokenizer and events)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -22,7 +22,7 @@ TTFT_BUCKETS = (
 )  # fmt: skip
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
 OVERHEAD_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 )  # fmt: skip
 
 REQUESTS = Counter(
@@ -52,6 +52,17 @@ DURATION = Histogram(
 OVERHEAD = Histogram(
     "router_overhead_seconds",
     "Request received to upstream request sent: the router's own cost.",
+    buckets=OVERHEAD_BUCKETS,
+)
+KV_LOOKUPS = Counter(
+    "router_kv_lookups",
+    "Engine-truth lookups of where a prompt is cached, by result (found: some replica holds part "
+    "of it; nowhere; untokenized: no single prompt to look up).",
+    ["result"],
+)
+KV_LOOKUP_SECONDS = Histogram(
+    "router_kv_lookup_seconds",
+    "Time to tokenize a prompt and look its blocks up in the index.",
     buckets=OVERHEAD_BUCKETS,
 )
 UPSTREAM_ERRORS = Counter(

@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from router.core.keys import KeyExtractor, RoutingKey, opens_conversation, redac
 from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
 from router.core.policies import Outcome, Policy, Route, Turn
+from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
 
 log = logging.getLogger("router.proxy")
@@ -90,6 +92,7 @@ class ProxyHandler:
         outliers: OutlierDetector,
         session: aiohttp.ClientSession,
         fresh_session: aiohttp.ClientSession,
+        lookup: PromptLookup | None = None,
     ) -> None:
         self.config = config
         self.extractor = extractor
@@ -97,6 +100,7 @@ class ProxyHandler:
         self.loads = loads
         self.replicas = replicas
         self.outliers = outliers
+        self.lookup = lookup  # engine truth, when the policy is in doubt
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
         self.static_headers = config.static_headers
@@ -147,6 +151,10 @@ class ProxyHandler:
         turn = Turn(key, len(body) / self.bytes_per_token, opens_conversation(parsed))
         # --- choose
         route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
+        if route.lookup and self.lookup is not None:  # in doubt: ask engine truth, then again
+            cached = await self.lookup.cached(request.path, parsed, turn.tokens)
+            turn = replace(turn, cached=cached)
+            route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         if not route.candidates:
             reply = error_response(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"

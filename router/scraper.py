@@ -119,6 +119,7 @@ class Scraper:
     ) -> None:
         self.replicas = replicas
         self.blocks = blocks  # told each engine's KV capacity, its bound
+        self.kv_pressure = config.kv_pressure  # feed the placement each replica's evictions
         self.loads = loads
         self.session = session
         self.interval = config.scrape_interval
@@ -151,6 +152,9 @@ class Scraper:
         self.loads.set_scraped(url, sample.running, sample.waiting)
         if self.blocks is not None and sample.num_gpu_blocks:
             self.blocks.set_cache_config(url, sample.num_gpu_blocks, sample.block_size or None)
+        if self.blocks is not None and self.kv_pressure and url in self.blocks.replicas:
+            # The subscribers stamp event batches with the wall clock.
+            self.loads.set_evictions(url, self.blocks.eviction_pressure(url, time.time()))
 
     def latest(self) -> Iterator[ReplicaScrape]:
         for url, state in self.states.items():
