@@ -175,9 +175,8 @@ async def _stream(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
     await response.prepare(http)
+    # Like vLLM, the role chunk waits for the first output: it marks the end of prefill.
     opening = writer.first_event()
-    if opening:
-        await response.write(opening)
     seq = request.seq
     while True:
         await request.ready.wait()
@@ -187,7 +186,8 @@ async def _stream(
         if pieces:
             finish = seq.finish_reason if seq.finished else None
             # everything produced since the last write goes out as one chunk
-            await response.write(writer.text_event(pieces, finish))
+            await response.write(opening + writer.text_event(pieces, finish))
+            opening = b""
         if seq.finished:
             break
     if include_usage:
