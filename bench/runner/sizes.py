@@ -101,6 +101,9 @@ REAL_CPU_SKEWED = Size(
         hot_pace_factor=3.0,
     ),
 )
+REAL_CPU_NO_HEADER = replace(
+    REAL_CPU_SKEWED, workload=replace(REAL_CPU_SKEWED.workload, turns=7, shared_opening=True)
+)
 WORKLOAD_FLAGS = (
     "system_words",
     "context_words",
