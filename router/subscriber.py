@@ -36,6 +36,10 @@ RECONNECT_MIN_MS = 200
 RECONNECT_MAX_MS = 10_000
 REPLAY_TIMEOUT_S = 5.0  # silence from the replay socket past this ends a catch-up
 REPLAY_MAX_BATCHES = 100_000  # vLLM keeps 10,000 by default (buffer_steps)
+# Messages queued on our side. The replay socket sends its whole buffer at once and its ROUTER
+# drops what does not fit in the pipe (its share plus ours), and live batches keep coming while a
+# catch-up runs: both queues must hold a publisher's whole buffer.
+RECEIVE_QUEUE = REPLAY_MAX_BATCHES
 POLL_MS = 1000
 
 
@@ -83,6 +87,7 @@ class RankSubscriber:
         sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         sub.setsockopt(zmq.SUBSCRIBE, self.topic)
         monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sub.connect(self.state.endpoints.publisher)
@@ -179,6 +184,7 @@ class RankSubscriber:
         state.replays += 1
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         dealer.connect(state.endpoints.replay)
         first = True
         try:
