@@ -37,6 +37,7 @@ def key_extractor(config: Config) -> KeyExtractor:
         session_headers=tuple(config.session_header),
         session_header_pattern=config.session_header_pattern,
         body_fields=tuple(config.body_key_field),
+        client_conventions=config.client_conventions,
         prefix_chars=config.prefix_chars,
         anchor_max_chars=config.anchor_max_chars,
         use_session_ids=config.key_source == "session",

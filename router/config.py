@@ -17,10 +17,8 @@ import yaml
 
 from router.core.keys import (
     DEFAULT_ANCHOR_MAX_CHARS,
-    DEFAULT_BODY_FIELDS,
     DEFAULT_PREFIX_CHARS,
     DEFAULT_SESSION_HEADER_PATTERN,
-    DEFAULT_SESSION_HEADERS,
     KEY_SOURCES,
 )
 from router.core.loads import LOAD_SIGNALS
@@ -156,18 +154,26 @@ class Config:
         group="routing",
     )
     session_header: list[str] = setting(
-        "Session headers in priority order (repeatable; replaces the default list).",
-        default_factory=lambda: list(DEFAULT_SESSION_HEADERS),
+        "Your own session headers, in priority order (repeatable): looked at before the client "
+        "conventions table (README, Keys); per-request ids are never keys.",
+        default_factory=list,
+        group="routing",
+    )
+    client_conventions: bool = setting(
+        "Key on the session headers and body fields that known clients send (Codex, Claude Code, "
+        "Kilo, Roo, Cline, Open WebUI, ...; README, Keys), after --session-header.",
+        default=True,
         group="routing",
     )
     session_header_pattern: str = setting(
-        "Regex of further session headers ('' disables).",
+        "Regex of further session headers, looked at after the table ('' disables).",
         default=DEFAULT_SESSION_HEADER_PATTERN,
         group="routing",
     )
     body_key_field: list[str] = setting(
-        "Body fields (dotted paths) that carry a session key, in order (repeatable).",
-        default_factory=lambda: list(DEFAULT_BODY_FIELDS),
+        "Your own body fields (dotted paths) that carry a session key, in order (repeatable): "
+        "looked at after every header, before the table's body fields.",
+        default_factory=list,
         group="routing",
     )
     prefix_chars: int = setting(
