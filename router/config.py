@@ -29,6 +29,7 @@ from router.core.placement import (
     DEFAULT_FIRST_TURN_CHOICES,
 )
 from router.core.policies import POLICY_NAMES
+from router.core.response_owners import DEFAULT_RESPONSE_OWNERS, DEFAULT_RESPONSE_TTL
 from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -161,7 +162,7 @@ class Config:
     )
     client_conventions: bool = setting(
         "Key on the session headers and body fields that known clients send (Codex, Claude Code, "
-        "Kilo, Roo, Cline, Open WebUI, ...; README, Keys), after --session-header.",
+        "Kilo, Roo, Cline, Open WebUI, ...; README, Keys), after your own session headers.",
         default=True,
         group="routing",
     )
@@ -184,6 +185,23 @@ class Config:
     anchor_max_chars: int = setting(
         "Longest chat anchor (system prompts + first user message) hashed.",
         default=DEFAULT_ANCHOR_MAX_CHARS,
+        group="routing",
+    )
+    responses_table_size: int = setting(
+        "Most stored Response ids whose replica is remembered (vLLM keeps stored responses in "
+        "the memory of the replica that served them).",
+        default=DEFAULT_RESPONSE_OWNERS,
+        group="routing",
+    )
+    responses_ttl: float = setting(
+        "Seconds a stored Response's replica is remembered after its last use; a forgotten one "
+        "is located by asking the replicas.",
+        default=DEFAULT_RESPONSE_TTL,
+        group="routing",
+    )
+    responses_locate_timeout: float = setting(
+        "Timeout of asking the replicas which one holds a stored Response.",
+        default=5.0,
         group="routing",
     )
     # --- upstream
@@ -273,6 +291,8 @@ class Config:
             raise ConfigError("--max-attempts, --vnodes and --first-turn-choices must be >= 1")
         if self.bytes_per_token <= 0 or self.prefill_rate < 0:
             raise ConfigError("--bytes-per-token must be > 0 and --prefill-rate >= 0")
+        if self.responses_locate_timeout <= 0 or self.responses_ttl < 0:
+            raise ConfigError("--responses-locate-timeout must be > 0 and --responses-ttl >= 0")
         if self.replicas_dns and ":" not in self.replicas_dns:
             raise ConfigError("--replicas-dns takes HOST:PORT")
         self.replica_specs  # noqa: B018 - parse now so that a bad spec fails at start-up

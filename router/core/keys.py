@@ -345,8 +345,11 @@ class KeyExtractor:
             prompt = body.get(name)
             if prompt is None:
                 continue
-            if name == "input" and (is_items(prompt) or "instructions" in body):
-                return responses_anchor(body, prompt)[:limit]
+            if name == "input":
+                if body.get("previous_response_id"):
+                    return ""  # it carries only its new input; its history is stored upstream
+                if is_items(prompt) or "instructions" in body:
+                    return responses_anchor(body, prompt)[:limit]
             return self.prompt_anchor(prompt)
         return ""
 
@@ -367,10 +370,7 @@ def is_items(value: Any) -> bool:
 
 
 def responses_anchor(body: dict[str, Any], items: Any) -> str:
-    """Instructions and the input up to the first user message. A request that continues a
-    stored response (`previous_response_id`) carries only its new input: it has no anchor."""
-    if body.get("previous_response_id"):
-        return ""
+    """A Responses request's instructions and its input up to the first user message."""
     instructions = body.get("instructions")
     opening = chat_anchor(items) if isinstance(items, list) else f"user\x1f{content_text(items)}"
     if isinstance(instructions, str) and instructions:
