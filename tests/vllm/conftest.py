@@ -26,7 +26,15 @@ TEST_PORT_BASE = 8181
 @pytest.fixture(scope="session")
 def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
     log_dir = Path(os.environ.get("VLLM_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
-    config = EngineConfig(model="tiny", count=2, base_port=TEST_PORT_BASE, log_dir=log_dir)
+    # The Responses store on: stored responses live in each engine's memory, as in production
+    # set-ups that use previous_response_id (tests/vllm/test_responses_and_messages.py).
+    config = EngineConfig(
+        model="tiny",
+        count=2,
+        base_port=TEST_PORT_BASE,
+        log_dir=log_dir,
+        env=(("VLLM_ENABLE_RESPONSES_API_STORE", "1"),),
+    )
     missing = missing_prerequisites(config)
     if missing:
         message = "real vLLM not set up, missing: " + "; ".join(missing)
