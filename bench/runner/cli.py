@@ -18,6 +18,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "write bench/results/<timestamp>/ (summary.json, report.md, plots).",
     )
     p.add_argument("--quick", action="store_true", help="smoke size (CI): small and short")
+    p.add_argument(
+        "--scenarios",
+        help="comma list of scenarios (bench/runner/scenarios.py): default, skewed "
+        "(default: both; with --quick: a smoke-size default)",
+    )
     g = p.add_argument_group("replicas")
     g.add_argument("--replicas", default="", help="comma list of vLLM base URLs (no mocks started)")
     g.add_argument("--mock-replicas", type=int, help="CPU mocks to start (full 4, quick 2)")

@@ -16,8 +16,9 @@ LOCUSTFILE = ROOT / "bench" / "load" / "locustfile.py"
 
 
 def locust_command(
-    url: str, target: Target, size: Size, records: Path, args: argparse.Namespace
+    urls: list[str], target: Target, size: Size, records: Path, args: argparse.Namespace
 ) -> list[str]:
+    """Locust for `target`; with several router instances, turn n goes to urls[n mod len]."""
     w = size.workload
     cmd = [
         sys.executable,
@@ -36,7 +37,7 @@ def locust_command(
         "--stop-timeout",
         "30",
         "--host",
-        url,
+        urls[0],
         "--records",
         str(records),
         "--loglevel",
@@ -62,6 +63,8 @@ def locust_command(
         "--hot-pace-factor",
         str(w.hot_pace_factor),
     ]
+    if len(urls) > 1:
+        cmd += ["--hosts", ",".join(urls)]
     if args.model:
         cmd += ["--model", args.model]
     if args.extra_body:

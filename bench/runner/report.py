@@ -289,6 +289,22 @@ Plots: `ttft_cdf.png`, `ttft_by_turn.png`, `hit_ratio.png`.
     (folder / "report.md").write_text(text, encoding="utf-8")
 
 
+def write_index(folder: Path, summaries: Mapping[str, Mapping[str, Any]]) -> None:
+    """The run folder's report.md: every scenario's table, each with a link to its own report."""
+    parts = [f"# Benchmark {next(iter(summaries.values()))['started']}", ""]
+    for name, summary in summaries.items():
+        parts += [
+            f"## {summary.get('title', name)}",
+            "",
+            table(summary["policies"]),
+            "",
+            f"{summary.get('replica_setup', '')} Details, workload and plots: [{name}/report.md]"
+            f"({name}/report.md).",
+            "",
+        ]
+    (folder / "report.md").write_text("\n".join(parts), encoding="utf-8")
+
+
 def write_plots(
     folder: Path,
     summary: Mapping[str, Any],

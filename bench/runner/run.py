@@ -1,4 +1,4 @@
-"""The main benchmark: one seeded chat workload through the router once per policy (SPEC 8).
+"""One scenario of the benchmark: one seeded chat workload through each target in turn.
 
     python -m bench.runner                     # 4 CPU mock replicas, 4 policies, ~6 min
     python -m bench.runner --quick             # smoke size: 2 mocks, small workload, ~1 min
@@ -57,14 +57,20 @@ class Measured:
 
 def start_target(
     procs: Processes, target: Target, replicas: Sequence[str], extra: Sequence[str], folder: Path
-) -> tuple[str, subprocess.Popen[bytes] | None]:
+) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
+    """The target's base URLs (one per instance) and the processes started for it."""
     if target.url:
-        return target.url, None
-    port = free_port()
-    how = launch(target, port, replicas, extra)
-    proc = procs.start(target.name, how.command, folder / f"router-{target.name}.log")
-    wait_until_up(how.ready_url, proc, ok=how.ready_statuses)
-    return f"http://127.0.0.1:{port}", proc
+        return [target.url], []
+    urls, started = [], []
+    for instance in range(target.instances):
+        port = free_port()
+        how = launch(target, port, replicas, extra)
+        log = f"router-{target.name}" + (f"-{instance}" if target.instances > 1 else "")
+        proc = procs.start(target.name, how.command, folder / f"{log}.log")
+        wait_until_up(how.ready_url, proc, ok=how.ready_statuses)
+        urls.append(f"http://127.0.0.1:{port}")
+        started.append(proc)
+    return urls, started
 
 
 def measure(
@@ -75,17 +81,17 @@ def measure(
     args: argparse.Namespace,
     folder: Path,
 ) -> Measured:
-    url, router = start_target(procs, target, replicas, args.router_arg, folder)
+    urls, routers = start_target(procs, target, replicas, args.router_arg, folder)
     try:
         cache_reset = reset_caches(replicas) if replicas else False
         before = snapshot(replicas)
         records = folder / f"records-{target.name}.jsonl"
         run_locust(
-            procs, locust_command(url, target, size, records, args), target, size, folder, records
+            procs, locust_command(urls, target, size, records, args), target, size, folder, records
         )
         after = snapshot(replicas)
     finally:
-        if router is not None:
+        for router in routers:
             procs.stop(router)
     return Measured(
         target, report.load_records(records), counter_deltas(before, after), cache_reset
@@ -93,11 +99,18 @@ def measure(
 
 
 def run(
-    args: argparse.Namespace, size: Size, targets: Sequence[Target], command: str, setup: str = ""
+    args: argparse.Namespace,
+    size: Size,
+    targets: Sequence[Target],
+    command: str,
+    setup: str = "",
+    folder: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Measure every target once; write the run folder; returns it and its summary."""
+    """Measure every target once; write `folder` (default: a new run folder, which
+    bench/results/latest then points at); returns it and its summary."""
     started = datetime.now(timezone.utc)
-    folder = args.results_dir / started.strftime("%Y%m%d-%H%M%S")
+    standalone = folder is None
+    folder = folder or args.results_dir / started.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
     clock = time.monotonic()
     results: list[Measured] = []
@@ -128,6 +141,7 @@ def run(
         )
         m.summary["cache_reset"] = m.cache_reset
         m.summary["session_header"] = args.session_header if m.target.session_header else None
+        m.summary["router_instances"] = m.target.instances
         policies[m.target.name] = m.summary
     summary: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -160,8 +174,13 @@ def run(
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     report.write_report(folder, summary)
     report.write_plots(folder, summary, {m.target.name: m.records for m in results})
-    latest = args.results_dir / "latest"
+    if standalone:
+        point_latest_at(folder)
+    return folder, summary
+
+
+def point_latest_at(folder: Path) -> None:
+    latest = folder.parent / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(folder.name)
-    return folder, summary

@@ -43,6 +43,20 @@ QUICK = Size(
         think_time=0.2,
     ),
 )
+# The hard case for placement: two replicas whose caches hold their fair share of the live
+# conversations and little more, and a quarter of the sessions "hot" (a document three times
+# longer, turns three times faster). 32 users keep ~125,000 tokens live (~7,800 blocks); each
+# mock holds 4,500 blocks: 0.58 of it, so a placement that is off balance by a few hot sessions
+# overflows one cache.
+SKEWED = Size(
+    mocks=2,
+    kv_blocks=4500,
+    speed=1.0,
+    users=32,
+    spawn_rate=16,
+    duration=60,
+    workload=Workload(turns=6, hot_share=0.25, hot_context_factor=3.0, hot_pace_factor=3.0),
+)
 # Two real vLLM CPU engines (bench/real/real_cpu.py), sized for their 2048-token context: turn 5
 # reaches ~1,100 tokens. The engines report their own KV capacity.
 REAL_CPU = Size(
@@ -59,6 +73,29 @@ REAL_CPU = Size(
         answer_tokens=24,
         turns=5,
         think_time=0.5,
+    ),
+)
+# The skewed scenario on two real CPU engines: a quarter of the sessions hot (their document 3x
+# longer, 3x faster turns), hot turn 6 reaching ~1,600 of the 2,048-token context. 12 users offer
+# ~2.5 requests/s, about half of what two engines on this machine's two cores serve. The engines'
+# KV cache is sized to a share of the workload's live tokens (bench/real/real_cpu.py).
+REAL_CPU_SKEWED = Size(
+    mocks=2,
+    kv_blocks=0,
+    speed=1.0,
+    users=12,
+    spawn_rate=6,
+    duration=90,
+    workload=Workload(
+        system_words=40,
+        context_words=80,
+        followup_words=8,
+        answer_tokens=24,
+        turns=6,
+        think_time=3.0,
+        hot_share=0.25,
+        hot_context_factor=3.0,
+        hot_pace_factor=3.0,
     ),
 )
 WORKLOAD_FLAGS = (

@@ -9,20 +9,35 @@ from dataclasses import dataclass
 
 from bench.endpoints import router_command
 
-BUILTIN_POLICIES = ("session", "prefix", "consistent_hash", "round_robin", "random", "least_loaded")
 DEFAULT_POLICIES = "session,prefix,round_robin,least_loaded"
-# `prefix`: the session policy keyed on the prompt anchor alone, measured without a session id.
-ROUTER_ARGS = {"prefix": ("--policy", "session", "--key-source", "prompt")}
-NO_HEADER_POLICIES = ("prefix",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     name: str
-    policy: str | None = None  # one of ours: python -m router --policy
+    router_args: tuple[str, ...] | None = None  # this router: python -m router ARGS
     command: str | None = None  # an external router's command template
     url: str | None = None  # already running
     session_header: bool = True
+    instances: int = 1  # router processes; the client sends turn n to instance n mod instances
+
+
+# This router's targets by name: a policy, or a policy with the flags and client behaviour the
+# name stands for.
+BUILTIN: dict[str, Target] = {
+    name: Target(name, ("--policy", name))
+    for name in ("session", "consistent_hash", "round_robin", "random", "least_loaded")
+} | {
+    # The session policy keyed on the prompt anchor alone, measured without a session id.
+    "prefix": Target(
+        "prefix", ("--policy", "session", "--key-source", "prompt"), None, None, False
+    ),
+    # Consistent hashing with no load bound at all: a plain sticky hash.
+    "plain_hash": Target("plain_hash", ("--policy", "consistent_hash", "--load-factor", "100")),
+    # Two session routers with no shared state; every turn goes to the other instance.
+    "session_2x": Target("session_2x", ("--policy", "session"), instances=2),
+}
+BUILTIN_POLICIES = tuple(BUILTIN)
 
 
 @dataclass(frozen=True)
@@ -41,9 +56,9 @@ def targets_of(args: argparse.Namespace, default_policies: str = DEFAULT_POLICIE
     ]
     targets = []
     for name in filter(None, names):
-        if name not in BUILTIN_POLICIES:
-            raise SystemExit(f"unknown policy {name!r}; one of {', '.join(BUILTIN_POLICIES)}")
-        targets.append(Target(name, policy=name, session_header=name not in NO_HEADER_POLICIES))
+        if name not in BUILTIN:
+            raise SystemExit(f"unknown policy {name!r}; one of {', '.join(BUILTIN)}")
+        targets.append(BUILTIN[name])
     for spec in args.router_cmd:
         name, sep, template = spec.partition("=")
         if not sep or not name or not template:
@@ -64,10 +79,10 @@ def targets_of(args: argparse.Namespace, default_policies: str = DEFAULT_POLICIE
 def launch(target: Target, port: int, replicas: Sequence[str], extra: Sequence[str]) -> Launch:
     """The command for a target the runner starts (this router, or an external one's template)."""
     base = f"http://127.0.0.1:{port}"
-    if target.policy:
+    if target.router_args is not None:
         command = router_command(
             port,
-            *ROUTER_ARGS.get(target.policy, ("--policy", target.policy)),
+            *target.router_args,
             "--log-level",
             "warning",
             "--drain-seconds",

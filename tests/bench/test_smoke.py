@@ -36,7 +36,9 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return (results / "latest").resolve()
+    run = (results / "latest").resolve()
+    assert f"| {POLICIES[0]} |" in (run / "report.md").read_text()  # the index of scenarios
+    return run / "quick"
 
 
 def test_quick_run_writes_every_file(run_folder: Path) -> None:
@@ -62,7 +64,7 @@ def test_quick_run_figures_are_complete_and_consistent(run_folder: Path) -> None
 
 
 def test_quick_run_leaves_no_process_behind(run_folder: Path) -> None:
-    # locust has the run folder on its command line (--records); the mocks had these ports
+    # locust has the scenario folder on its command line (--records); the mocks had these ports
     found = subprocess.run(["pgrep", "-f", str(run_folder)], capture_output=True, text=True)
     assert found.stdout.strip() == ""
     for url in json.loads((run_folder / "summary.json").read_text())["replicas"]:
