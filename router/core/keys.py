@@ -160,6 +160,7 @@ NEVER_KEYS: tuple[Convention, ...] = (
     ),
 )  # fmt: skip
 NEVER_KEY_HEADERS: frozenset[str] = frozenset(c.name for c in NEVER_KEYS)
+REFINES = -1  # the rank of a header that only narrows another one's key
 # Covers x-copilot-session-id, x-zoo-session-id, x-litellm-session-id, ...: after the table.
 DEFAULT_SESSION_HEADER_PATTERN = r"^x-[a-z0-9-]+-session-id$"
 # What a key is taken from (`--key-source`): session ids first, else the prompt anchor; or the
@@ -276,12 +277,16 @@ class KeyExtractor:
         self.rules = rules = rules or KeyRules()
         table = rules.client_conventions
         # (name, refining header): the operator's first, then the table's; never a never-key.
-        headers: dict[str, str] = {}
+        names: dict[str, str] = {}  # name -> refining header, in priority order, first wins
         for name in rules.session_headers:
-            headers.setdefault(name.lower(), "")
+            names.setdefault(name.lower(), "")
         for convention in CLIENT_HEADERS if table else ():
-            headers.setdefault(convention.name, convention.refine)
-        self._headers = tuple((n, r) for n, r in headers.items() if n not in NEVER_KEY_HEADERS)
+            names.setdefault(convention.name, convention.refine)
+        keys = [(n, r) for n, r in names.items() if n not in NEVER_KEY_HEADERS]
+        self._refines = tuple(refine for _, refine in keys)
+        # One dict look-up per request header: its priority as a key, or REFINES.
+        self._rank = {refine: REFINES for _, refine in keys if refine}
+        self._rank.update((name, priority) for priority, (name, _) in enumerate(keys))
         pattern = rules.session_header_pattern
         self._pattern = re.compile(pattern, re.IGNORECASE) if pattern else None
         fields = [*rules.body_fields, *(c.name for c in CLIENT_BODY_FIELDS if table)]
@@ -297,17 +302,26 @@ class KeyExtractor:
         return self.from_prompt(body) or NO_KEY
 
     def from_headers(self, headers: Mapping[str, str]) -> RoutingKey | None:
-        # aiohttp's CIMultiDict matches names case-insensitively; a plain dict may not.
-        lowered = {k.lower(): v for k, v in headers.items()}
-        for name, refine in self._headers:
-            value = lowered.get(name)
-            if value:
-                narrower = lowered.get(refine) if refine else None
-                return _key(KeyKind.HEADER, f"{value}/{narrower}" if narrower else value)
+        # Names are matched lower-cased: aiohttp's CIMultiDict is case-insensitive, a dict is not.
+        best, value = len(self._refines), ""
+        refining: dict[str, str] = {}
+        others: list[tuple[str, str]] = []  # for the pattern, when no named header is a key
+        for name, text in headers.items():
+            lowered = name.lower()
+            rank = self._rank.get(lowered)
+            if rank is None:
+                others.append((lowered, text))
+            elif rank == REFINES:
+                refining[lowered] = text
+            elif text and rank < best:
+                best, value = rank, text
+        if value:
+            narrower = refining.get(self._refines[best]) if refining else None
+            return _key(KeyKind.HEADER, f"{value}/{narrower}" if narrower else value)
         if self._pattern is not None:
-            for name in sorted(lowered):
-                if name not in NEVER_KEY_HEADERS and self._pattern.match(name) and lowered[name]:
-                    return _key(KeyKind.HEADER, lowered[name])
+            for name, text in sorted(others):
+                if text and name not in NEVER_KEY_HEADERS and self._pattern.match(name):
+                    return _key(KeyKind.HEADER, text)
         return None
 
     def from_body(self, body: Any) -> RoutingKey | None:
@@ -398,7 +412,7 @@ def opens_conversation(body: Any) -> bool:
             role = item.get("role", item.get("type"))
             if isinstance(role, str) and role in ANSWER_ROLES:
                 return False
-            content = item.get("content")
+            content = item.get("content") if role == "user" else None
             if isinstance(content, list):
                 for block in content:
                     kind = block.get("type") if isinstance(block, dict) else None
