@@ -50,6 +50,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive TCP ports on 127.0.0.1 that nothing listens on now."""
+    for _ in range(100):
+        first = free_port()
+        if first + count > 65536:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 def router_command(port: int, *flags: str) -> list[str]:
     """`python -m router` on 127.0.0.1:``port`` with ``flags``, to start from the repo root."""
     return [sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port), *flags]

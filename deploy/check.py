@@ -50,6 +50,12 @@ EVERYTHING_ON: dict[str, Any] = {
             "replica": [
                 "http://vllm-0.example:8000",
                 {"url": "http://vllm-1.example:8000", "weight": 2, "headers": {"X-Team": "a"}},
+                {
+                    "url": "http://vllm-2.example:8000",
+                    "kv_events": "tcp://vllm-2.example:5557",
+                    "kv_replay": "tcp://vllm-2.example:5558",
+                    "kv_ranks": 2,
+                },
             ],
             "upstream_header": ["Authorization=Bearer abc"],
             "admin_port": 9090,

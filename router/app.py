@@ -22,16 +22,19 @@ from router.core.keys import KeyExtractor, KeyRules
 from router.core.response_owners import stored_response_id
 from router.discovery import DnsDiscovery
 from router.fleet import Fleet
+from router.lookup import PromptLookup
 from router.proxy import UPLOAD_ROUTES, VLLM_ROUTES, ProxyHandler, error_response
 from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
 from router.stored_responses import RESPONSES_PATH, StoredResponses
+from router.subscriber import EventSubscribers
 
 log = logging.getLogger("router")
 
 CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 SCRAPER = web.AppKey("scraper", Scraper)
+SUBSCRIBERS = web.AppKey("subscribers", EventSubscribers)
 
 
 def key_extractor(config: Config) -> KeyExtractor:
@@ -115,10 +118,14 @@ def add_admin_routes(app: web.Application, main: web.Application) -> None:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def replica_status(request: web.Request) -> web.Response:
-        scraper = main.get(SCRAPER)
+        scraper, subscribers = main.get(SCRAPER), main.get(SUBSCRIBERS)
         now = time.monotonic()
         rows = [
-            {**row, **(scraper.status(str(row["url"]), now) if scraper else {})}
+            {
+                **row,
+                **(scraper.status(str(row["url"]), now) if scraper else {}),
+                **(subscribers.status(str(row["url"])) if subscribers else {}),
+            }
             for row in main[FLEET].status(now)
         ]
         return web.json_response({"policy": main[CONFIG].policy, "replicas": rows})
@@ -159,9 +166,15 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         responses=StoredResponses(config, replicas, session),
         session=session,
         fresh_session=fresh,
+        lookup=PromptLookup(fleet.prompts, fleet.blocks) if fleet.prompts else None,
     )
     health = HealthChecker(replicas, session, config)
     loops: list[Coroutine[Any, Any, None]] = [health.run()]
+    # KV-cache event subscribers follow membership from the first members on.
+    subscribers = EventSubscribers(replicas, fleet.blocks, config)
+    app[SUBSCRIBERS] = subscribers
+    replicas.on_members.append(subscribers.members_changed)
+    metrics.EVENTS.source = subscribers.rows
     if config.replicas_dns:
         dns = DnsDiscovery(replicas, config)
         await dns.refresh()
@@ -171,7 +184,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
     await health.check_all()  # serve with real health from the first request on
     metrics.WORK.source = fleet.work
     if config.scrape_interval > 0:
-        scraper = Scraper(replicas, fleet.loads, session, config)
+        scraper = Scraper(replicas, fleet.loads, session, config, fleet.blocks)
         app[SCRAPER] = scraper
         metrics.SCRAPED.source = scraper.latest
         loops.append(scraper.run())
@@ -190,6 +203,10 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         metrics.SCRAPED.source = None
     if metrics.WORK.source == fleet.work:
         metrics.WORK.source = None
+    replicas.on_members.remove(subscribers.members_changed)
+    if metrics.EVENTS.source == subscribers.rows:
+        metrics.EVENTS.source = None
+    await subscribers.close()
     await session.close()
     await fresh.close()
 

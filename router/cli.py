@@ -25,6 +25,7 @@ GROUP_TITLES = {
     "routing": "routing",
     "upstream": "upstream requests",
     "security": "security and limits",
+    "events": "engine truth: vLLM's KV-cache events and the served model's tokenizer",
 }
 
 

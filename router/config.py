@@ -11,10 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
-from urllib.parse import parse_qsl, urldefrag
+from urllib.parse import parse_qsl, urldefrag, urlsplit
 
 import yaml
 
+from router.core.block_index import DEFAULT_CAPACITY
 from router.core.keys import (
     DEFAULT_ANCHOR_MAX_CHARS,
     DEFAULT_PREFIX_CHARS,
@@ -28,7 +29,7 @@ from router.core.placement import (
     DEFAULT_CONVERSATIONS,
     DEFAULT_FIRST_TURN_CHOICES,
 )
-from router.core.policies import POLICY_NAMES
+from router.core.policies import LOOKUP_MODES, POLICY_NAMES
 from router.core.response_owners import DEFAULT_RESPONSE_OWNERS, DEFAULT_RESPONSE_TTL
 from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
@@ -60,7 +61,9 @@ class Config:
     # --- replicas
     replica: list[str] = setting(
         "Replica base URL (repeatable; ROUTER_REPLICA takes a comma list). A fragment sets "
-        "options: http://host:8000#weight=2&header=Name:Value.",
+        "options: http://host:8000#weight=2&header=Name:Value; its vLLM KV-cache events with "
+        "kv_events=tcp://host:5557&kv_replay=tcp://host:5558 (&kv_ranks=N: data-parallel "
+        "ranks, each publishing on the next port).",
         default_factory=list,
         group="replicas",
     )
@@ -269,6 +272,53 @@ class Config:
     outlier_min_ttft: float = setting(
         "...and exceeds this many seconds: slow, not merely slower.", default=2.0, group="replicas"
     )
+    # --- engine truth: vLLM's KV-cache events (docs/design.md, Engine truth)
+    kv_events_port: int = setting(
+        "Port of each replica's KV-event publisher (the endpoint of vLLM's kv-events-config) on "
+        "the replica's host, for replicas whose spec has no kv_events= (those found by DNS); "
+        "0: none.",
+        default=0,
+        group="events",
+    )
+    kv_replay_port: int = setting(
+        "Port of each replica's KV-event replay socket (replay_endpoint), likewise; 0: none "
+        "(missed events are then lost).",
+        default=0,
+        group="events",
+    )
+    kv_events_ranks: int = setting(
+        "Data-parallel ranks of each replica whose spec has no kv_ranks=: rank r publishes on "
+        "the events port + r and replays on the replay port + r, as vLLM offsets them.",
+        default=1,
+        group="events",
+    )
+    kv_events_topic: str = setting(
+        "Topic prefix to subscribe to ('' takes every topic).", default="", group="events"
+    )
+    kv_index_blocks: int = setting(
+        "Most blocks indexed per engine and medium until its /metrics gives num_gpu_blocks.",
+        default=DEFAULT_CAPACITY,
+        group="events",
+    )
+    tokenizer: str = setting(
+        "Folder with the served model's tokenizer.json and tokenizer_config.json (its "
+        "chat_template), to find the blocks of a request's prompt ('' disables).",
+        default="",
+        group="events",
+    )
+    kv_lookup: str = setting(
+        "session: when to tokenize a request and ask the replicas' events where its prompt is "
+        "cached: never; doubt (a later turn this router has not seen, a replica gone, a "
+        "prompt-anchor key, a spill); always. Needs --tokenizer and replicas with events.",
+        default="doubt",
+        choices=LOOKUP_MODES,
+        group="events",
+    )
+    kv_pressure: bool = setting(
+        "session: first turns weigh each replica's KV evictions per second, from its events.",
+        default=True,
+        group="events",
+    )
 
     @property
     def replica_specs(self) -> list[ReplicaSpec]:
@@ -295,6 +345,12 @@ class Config:
             raise ConfigError("--responses-locate-timeout must be > 0 and --responses-ttl >= 0")
         if self.replicas_dns and ":" not in self.replicas_dns:
             raise ConfigError("--replicas-dns takes HOST:PORT")
+        if not 0 <= self.kv_events_port < 65536 or not 0 <= self.kv_replay_port < 65536:
+            raise ConfigError("--kv-events-port and --kv-replay-port must be ports (0: none)")
+        if self.tokenizer and not os.path.exists(os.path.join(self.tokenizer, "tokenizer.json")):
+            raise ConfigError(f"--tokenizer {self.tokenizer}: no tokenizer.json there")
+        if self.kv_events_ranks < 1 or self.kv_index_blocks < 1:
+            raise ConfigError("--kv-events-ranks and --kv-index-blocks must be >= 1")
         self.replica_specs  # noqa: B018 - parse now so that a bad spec fails at start-up
         self.static_headers  # noqa: B018
 
@@ -308,6 +364,18 @@ class ReplicaSpec:
     url: str
     weight: float = 1.0
     headers: Mapping[str, str] = field(default_factory=dict)
+    kv_events: str = ""  # its KV-event publisher, tcp://host:port ("" : from --kv-events-port)
+    kv_replay: str = ""  # its replay socket
+    kv_ranks: int = 0  # data-parallel ranks (0: --kv-events-ranks)
+
+
+@dataclass(frozen=True)
+class EventEndpoints:
+    """Where one data-parallel rank of a replica publishes its KV-cache events."""
+
+    rank: int
+    publisher: str
+    replay: str  # "" when there is no replay socket
 
 
 def parse_replica(text: str) -> ReplicaSpec:
@@ -315,15 +383,62 @@ def parse_replica(text: str) -> ReplicaSpec:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"replica {url!r} must be an http:// or https:// URL")
     weight, headers = 1.0, {}
+    events: dict[str, str] = {}
     for name, value in parse_qsl(fragment):
         if name == "weight":
             weight = float(value)
         elif name == "header":
             key, val = _name_value(value, ":")
             headers[key] = val
+        elif name in ("kv_events", "kv_replay", "kv_ranks"):
+            events[name] = value
         else:
             raise ConfigError(f"unknown replica option {name!r} in {text!r}")
-    return ReplicaSpec(url.rstrip("/"), weight, headers)
+    for name in ("kv_events", "kv_replay"):
+        if events.get(name) and not events[name].startswith(("tcp://", "ipc://")):
+            raise ConfigError(f"{name} in {text!r} must be a tcp:// or ipc:// address")
+    ranks = int(events.get("kv_ranks", "0"))
+    if ranks < 0:
+        raise ConfigError(f"kv_ranks in {text!r} must be >= 1")
+    return ReplicaSpec(
+        url.rstrip("/"),
+        weight,
+        headers,
+        events.get("kv_events", ""),
+        events.get("kv_replay", ""),
+        ranks,
+    )
+
+
+def event_endpoints(spec: ReplicaSpec, config: Config) -> list[EventEndpoints]:
+    """The publishers of a replica's KV-cache events, one per data-parallel rank; none when it
+    has no kv_events= and no --kv-events-port applies."""
+    host = urlsplit(spec.url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    publisher = spec.kv_events or (
+        f"tcp://{host}:{config.kv_events_port}" if config.kv_events_port else ""
+    )
+    if not publisher:
+        return []
+    replay = spec.kv_replay or (
+        f"tcp://{host}:{config.kv_replay_port}" if config.kv_replay_port else ""
+    )
+    ranks = spec.kv_ranks or config.kv_events_ranks
+    return [
+        EventEndpoints(rank, offset_endpoint(publisher, rank), offset_endpoint(replay, rank))
+        for rank in range(ranks)
+    ]
+
+
+def offset_endpoint(endpoint: str, rank: int) -> str:
+    """vLLM's address of data-parallel rank `rank` for a configured endpoint: the TCP port plus
+    the rank (port 0 stays 0), or an ipc/inproc path with `_dp<rank>` appended."""
+    if not endpoint or rank == 0:
+        return endpoint
+    if endpoint.startswith("tcp://"):
+        base, _, port = endpoint.rpartition(":")
+        return endpoint if int(port) == 0 else f"{base}:{int(port) + rank}"
+    return f"{endpoint}_dp{rank}"
 
 
 def _name_value(text: str, sep: str) -> tuple[str, str]:
@@ -360,10 +475,12 @@ def coerce(name: str, raw: Any) -> Any:
 
 
 def _replica_entry(entry: Mapping[str, Any]) -> str:
-    """A YAML replica given as {url, weight, headers} becomes the flag's URL#options form."""
+    """A YAML replica given as {url, weight, headers, kv_events, kv_replay, kv_ranks} becomes the
+    flag's URL#options form."""
     url = str(entry["url"])
     options = [f"weight={entry['weight']}"] if "weight" in entry else []
     options += [f"header={k}:{v}" for k, v in (entry.get("headers") or {}).items()]
+    options += [f"{k}={entry[k]}" for k in ("kv_events", "kv_replay", "kv_ranks") if k in entry]
     return url + ("#" + "&".join(options) if options else "")
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-from router.config import Config
+from router.config import Config, event_endpoints
+from router.core.block_index import BlockIndex
 from router.core.loads import Loads
 from router.core.outliers import OutlierDetector
 from router.core.placement import ConversationTable
 from router.core.policies import Policy, make_policy
 from router.core.ring import SpillTable
 from router.metrics import ReplicaWork
+from router.prompt_tokens import PromptTokenizer
 from router.replicas import ReplicaSet
 
 
@@ -26,11 +28,21 @@ class Fleet:
             conversations=ConversationTable(config.placement_table_size, config.placement_ttl),
             spill=SpillTable(config.placement_table_size, config.placement_ttl),
             first_turn_choices=config.first_turn_choices,
+            lookup=config.kv_lookup if engine_truth(config) else "never",
         )
         self.loads = Loads(config.load_signal, config.prefill_rate)
         self.outliers = OutlierDetector(config.outlier_ttft_factor, config.outlier_min_ttft)
         self.replicas = ReplicaSet(config)
-        self.replicas.on_members += [self.loads.set_members, self.policy.set_replicas]
+        # Engine truth (docs/design.md): what each replica with KV-cache events has cached.
+        self.config = config
+        self.blocks = BlockIndex(config.kv_index_blocks)
+        # The served model's tokenizer: a request's prompt tokens, to look them up in `blocks`.
+        self.prompts = PromptTokenizer(config.tokenizer) if config.tokenizer else None
+        self.replicas.on_members += [
+            self.loads.set_members,
+            self.policy.set_replicas,
+            self.index_members,
+        ]
         self.replicas.on_health += [self.loads.set_healthy, self.health_changed]
 
     def work(self) -> Iterator[ReplicaWork]:
@@ -47,6 +59,15 @@ class Fleet:
                 None if footprint is None else footprint.get(account.url, 0.0),
             )
 
+    def index_members(self, weights: Mapping[str, float]) -> None:
+        """The block index covers the members that publish KV-cache events; a replica that
+        leaves (or stops publishing) is forgotten with its blocks."""
+        self.blocks.set_replicas(
+            url
+            for url, replica in self.replicas.replicas.items()
+            if replica.spec is not None and event_endpoints(replica.spec, self.config)
+        )
+
     def health_changed(self, url: str, healthy: bool) -> None:
         self.outliers.forget(url)  # a fresh start after ejection
 
@@ -61,6 +82,13 @@ class Fleet:
             }
             for row in self.replicas.status(now)
         ]
+
+
+def engine_truth(config: Config) -> bool:
+    """Whether the router can know where a prompt is cached: a tokenizer, and replicas that
+    publish KV-cache events."""
+    events = config.kv_events_port or any(spec.kv_events for spec in config.replica_specs)
+    return bool(config.tokenizer and events)
 
 
 def _rounded(value: float | None) -> float | None:

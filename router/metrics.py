@@ -22,7 +22,7 @@ TTFT_BUCKETS = (
 )  # fmt: skip
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280)
 OVERHEAD_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 )  # fmt: skip
 
 REQUESTS = Counter(
@@ -32,8 +32,8 @@ REQUESTS = Counter(
 )
 ROUTE_DECISIONS = Counter(
     "router_route_decisions",
-    "Routing decisions by key kind and outcome (home, placed, spilled, sticky_spill, failover, "
-    "no_key, balanced, stored_response).",
+    "Routing decisions by key kind and outcome (home, placed, found, spilled, sticky_spill, "
+    "failover, no_key, balanced, stored_response).",
     ["key_kind", "outcome"],
 )
 INFLIGHT = Gauge("router_inflight_requests", "Requests in flight through this router.", ["replica"])
@@ -59,6 +59,17 @@ STORED_RESPONSES = Counter(
     "Stored Response ids by event: learned (from a relayed response), located (asked the "
     "replicas), lost (every healthy replica answered 404), unavailable (its replica is ejected).",
     ["event"],
+)
+KV_LOOKUPS = Counter(
+    "router_kv_lookups",
+    "Engine-truth lookups of where a prompt is cached, by result (found: some replica holds part "
+    "of it; nowhere; untokenized: no single prompt to look up).",
+    ["result"],
+)
+KV_LOOKUP_SECONDS = Histogram(
+    "router_kv_lookup_seconds",
+    "Time to tokenize a prompt and look its blocks up in the index.",
+    buckets=OVERHEAD_BUCKETS,
 )
 UPSTREAM_ERRORS = Counter(
     "router_upstream_errors",
@@ -208,3 +219,98 @@ PER_REPLICA: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
     (TTFT, ("replica",)),
     (UPSTREAM_ERRORS, ("replica", "kind")),
 )
+
+
+@dataclass(frozen=True)
+class ReplicaEvents:
+    """One replica's KV-event subscription and what its index holds (router/subscriber.py)."""
+
+    replica: str
+    ranks: int
+    connected: int  # ranks whose publisher is connected
+    lag_s: float | None  # receive time - engine time of the last live batch (worst rank)
+    batches: int
+    events: int
+    gaps: int
+    lost: int
+    restarts: int
+    malformed: int
+    skipped: int
+    blocks: dict[str, int]  # medium -> blocks held now
+    capacity: int | None
+    evictions_per_s: float
+    orphans: int
+
+
+class EventsCollector(Collector):
+    """Exports the subscribers' figures when Prometheus asks; only current replicas appear."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[ReplicaEvents]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["replica"]
+        connected = GaugeMetricFamily(
+            "router_kv_events_connected",
+            "1 if every data-parallel rank's KV-event publisher is connected, else 0.",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "router_kv_events_lag_seconds",
+            "Arrival time minus the engine's timestamp of the last live event batch.",
+            labels=labels,
+        )
+        counters = {
+            name: CounterMetricFamily(f"router_kv_events_{name}", doc, labels=labels)
+            for name, doc in (
+                ("batches", "KV-event batches applied to the index."),
+                ("events", "KV events applied to the index."),
+                ("gaps", "Sequence gaps seen (each starts a catch-up through the replay socket)."),
+                ("lost_batches", "Batches a gap lost for good (gone from the replay buffer)."),
+                ("restarts", "Publisher restarts seen (the replica's blocks were forgotten)."),
+                ("malformed", "Event messages that could not be read."),
+                ("skipped", "Events left out: unknown types or malformed events."),
+            )
+        }
+        blocks = GaugeMetricFamily(
+            "router_kv_index_blocks",
+            "Blocks the replica holds now by its events, per medium.",
+            labels=["replica", "medium"],
+        )
+        capacity = GaugeMetricFamily(
+            "router_kv_index_capacity_blocks",
+            "Blocks indexed at most per engine and medium (vLLM's num_gpu_blocks once scraped).",
+            labels=labels,
+        )
+        evictions = GaugeMetricFamily(
+            "router_kv_index_evictions_per_second",
+            "Blocks the replica removed per second (eviction pressure), 30 s moving average.",
+            labels=labels,
+        )
+        orphans = CounterMetricFamily(
+            "router_kv_index_orphan_blocks",
+            "Stored blocks whose parent block was unknown (events missed): not indexed.",
+            labels=labels,
+        )
+        for row in self.source() if self.source else ():
+            values = [row.replica]
+            connected.add_metric(values, 1.0 if row.connected == row.ranks else 0.0)
+            if row.lag_s is not None:
+                lag.add_metric(values, row.lag_s)
+            for name, value in (
+                ("batches", row.batches), ("events", row.events), ("gaps", row.gaps),
+                ("lost_batches", row.lost), ("restarts", row.restarts),
+                ("malformed", row.malformed), ("skipped", row.skipped),
+            ):  # fmt: skip
+                counters[name].add_metric(values, value)
+            for medium, count in sorted(row.blocks.items()):
+                blocks.add_metric([row.replica, medium], count)
+            if row.capacity is not None:
+                capacity.add_metric(values, row.capacity)
+            evictions.add_metric(values, row.evictions_per_s)
+            orphans.add_metric(values, row.orphans)
+        yield from (connected, lag, *counters.values(), blocks, capacity, evictions, orphans)
+
+
+EVENTS = EventsCollector()
+REGISTRY.register(EVENTS)

@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -28,6 +29,7 @@ from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
 from router.core.policies import Outcome, Policy, Route, Turn
 from router.core.response_owners import stored_response_id
+from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
 from router.stored_responses import RESPONSES_PATH, Found, StoredResponses
 
@@ -106,6 +108,7 @@ class ProxyHandler:
         responses: StoredResponses,
         session: aiohttp.ClientSession,
         fresh_session: aiohttp.ClientSession,
+        lookup: PromptLookup | None = None,
     ) -> None:
         self.config = config
         self.extractor = extractor
@@ -114,6 +117,7 @@ class ProxyHandler:
         self.replicas = replicas
         self.outliers = outliers
         self.responses = responses
+        self.lookup = lookup  # engine truth, when the policy is in doubt
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
         self.static_headers = config.static_headers
@@ -183,6 +187,10 @@ class ProxyHandler:
             if isinstance(chosen, web.Response):
                 return self.finish(chosen, key.kind.value, None, received)
             route = chosen
+        if route.lookup and self.lookup is not None:  # in doubt: ask engine truth, then again
+            cached = await self.lookup.cached(request.path, parsed, turn.tokens)
+            turn = replace(turn, cached=cached)
+            route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         if upload:  # sent once: no failover once its bytes have left
             route = Route(route.candidates[:1], route.outcome, route.tokens)
         if not route.candidates:

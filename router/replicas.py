@@ -33,6 +33,7 @@ class Replica:
     ejected_until: float = 0.0
     last_error: str = ""
     seen_healthy: bool = False  # a replica never seen healthy is out at its first failure
+    spec: ReplicaSpec | None = None  # as configured or discovered (its KV-event endpoints)
 
 
 class ReplicaSet:
@@ -60,11 +61,12 @@ class ReplicaSet:
         for url, spec in wanted.items():
             current = self.replicas.get(url)
             if current is None:
-                self.replicas[url] = Replica(url, spec.weight, dict(spec.headers))
+                self.replicas[url] = Replica(url, spec.weight, dict(spec.headers), spec=spec)
                 joined.append(self.replicas[url])
                 changed = True
-            elif current.weight != spec.weight or dict(current.headers) != dict(spec.headers):
+            elif current.spec != spec:
                 current.weight, current.headers = spec.weight, dict(spec.headers)
+                current.spec = spec
                 changed = True
         if changed:
             weights = {url: r.weight for url, r in self.replicas.items()}

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router import vllm_names as names
 from router.config import Config
+from router.core.block_index import BlockIndex
 from router.core.loads import Loads
 from router.metrics import ReplicaScrape
 from router.replicas import ReplicaSet
@@ -48,12 +49,17 @@ class VllmSample:
     running: float
     waiting: float
     kv_usage: float
+    num_gpu_blocks: int = 0  # from vllm:cache_config_info (0: not exported)
+    block_size: int = 0
 
 
 def parse_vllm_metrics(text: str) -> VllmSample:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    cache_config: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
+        if family.name == names.CACHE_CONFIG_INFO and family.samples and not cache_config:
+            cache_config = family.samples[0].labels
         for sample in family.samples:
             # The parser names counter families without `_total`; samples keep it.
             name = sample.name.removesuffix("_total")
@@ -74,7 +80,16 @@ def parse_vllm_metrics(text: str) -> VllmSample:
         running=first(RUNNING),
         waiting=first(WAITING),
         kv_usage=first(KV_USAGE, average=True),  # a fraction per engine: average, not sum
+        num_gpu_blocks=_whole(cache_config.get("num_gpu_blocks")),
+        block_size=_whole(cache_config.get("block_size")),
     )
+
+
+def _whole(label: str | None) -> int:
+    try:
+        return int(label or 0)
+    except ValueError:
+        return 0
 
 
 @dataclass
@@ -100,8 +115,11 @@ class Scraper:
         loads: Loads,
         session: aiohttp.ClientSession,
         config: Config,
+        blocks: BlockIndex | None = None,
     ) -> None:
         self.replicas = replicas
+        self.blocks = blocks  # told each engine's KV capacity, its bound
+        self.kv_pressure = config.kv_pressure  # feed the placement each replica's evictions
         self.loads = loads
         self.session = session
         self.interval = config.scrape_interval
@@ -132,6 +150,11 @@ class Scraper:
             state.hit_ratio = ratio if ratio is not None else previous.hit_ratio
         self.states[url] = state
         self.loads.set_scraped(url, sample.running, sample.waiting)
+        if self.blocks is not None and sample.num_gpu_blocks:
+            self.blocks.set_cache_config(url, sample.num_gpu_blocks, sample.block_size or None)
+        if self.blocks is not None and self.kv_pressure and url in self.blocks.replicas:
+            # The subscribers stamp event batches with the wall clock.
+            self.loads.set_evictions(url, self.blocks.eviction_pressure(url, time.time()))
 
     def latest(self) -> Iterator[ReplicaScrape]:
         for url, state in self.states.items():

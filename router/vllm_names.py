@@ -34,6 +34,9 @@ CURRENT: tuple[str, ...] = (
 )
 DEPRECATED: tuple[str, ...] = tuple(FALLBACKS.values())
 
+# Read for the KV-event index's bound: labels num_gpu_blocks and block_size.
+CACHE_CONFIG_INFO = "vllm:cache_config_info"
+
 # Not read by the scraper, but a vLLM series the dashboard may chart next to the router's TTFT.
 TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
 DASHBOARD_ONLY: tuple[str, ...] = (TTFT_HISTOGRAM,)

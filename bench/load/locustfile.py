@@ -137,6 +137,13 @@ def _add_arguments(parser: Any) -> None:
         help="a hot session's turns come this many times faster",
     )
     add(
+        "--shared-opening",
+        action="store_true",
+        default=DEFAULTS.shared_opening,
+        env_var="BENCH_SHARED_OPENING",
+        help="every session opens with the same instruction; its document comes in turn 2",
+    )
+    add(
         "--hosts",
         default="",
         env_var="BENCH_HOSTS",
@@ -158,6 +165,7 @@ def _workload(options: Any) -> Workload:
         hot_share=float(options.hot_share),
         hot_context_factor=float(options.hot_context_factor),
         hot_pace_factor=float(options.hot_pace_factor),
+        shared_opening=_truthy(options.shared_opening),
     )
 
 

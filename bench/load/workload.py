@@ -26,6 +26,10 @@ _IDENT_TEXT = (
 )
 _WORDS = tuple(_WORD_TEXT.split())
 _IDENTS = tuple(_IDENT_TEXT.split())
+# Every word the generated text is made of, and the parts of its code identifiers
+# (`a_b`): the mock's tokenizer has each word and each identifier as one token.
+VOCABULARY = (*_WORDS, *_IDENTS)
+IDENTIFIER_PARTS = _IDENTS
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class Workload:
     hot_share: float = 0.0
     hot_context_factor: float = 3.0
     hot_pace_factor: float = 3.0
+    # An agent's fixed preamble: every session's first user message is the same instruction, its
+    # own document comes in turn 2. Without a session id, every session has the same prompt
+    # anchor (system prompt + first user message).
+    shared_opening: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -129,7 +137,17 @@ def think_seconds(workload: Workload, user: int, session: int, turn: int) -> flo
     return workload.think_time * rng.uniform(0.5, 1.5) / pace
 
 
+OPENING = (
+    "You work in our repository. I will paste a file or a document next; read it, then answer "
+    "my questions about it briefly."
+)
+
+
 def user_message(workload: Workload, user: int, session: int, turn: int) -> str:
+    if workload.shared_opening:
+        if turn == 1:
+            return OPENING
+        turn -= 1  # the session's own document comes second
     return (
         first_message(workload, user, session)
         if turn == 1

@@ -30,11 +30,13 @@ def block_hashes(token_ids: Sequence[int], block_size: int, parent: int = ROOT_H
 class BlockCache:
     """`capacity` KV blocks; cached full blocks found by chained hash, evicted LRU."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, record_evictions: bool = False) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1 block")
         self.capacity = capacity
         self.evictions = 0
+        # Hashes evicted since the last `take_evicted`, for KV-cache events (None: not recorded).
+        self._evicted: list[int] | None = [] if record_evictions else None
         self._refs = [0] * capacity
         self._hash_of: list[int | None] = [None] * capacity
         self._block_of: dict[int, int] = {}
@@ -93,16 +95,25 @@ class BlockCache:
                 del self._block_of[old]
                 self._hash_of[block] = None
                 self.evictions += 1
+                if self._evicted is not None:
+                    self._evicted.append(old)
             self._refs[block] = 1
             blocks.append(block)
         return blocks
 
-    def register(self, block: int, block_hash: int) -> None:
-        """Record that a held block is now full and holds the prefix named by `block_hash`."""
+    def register(self, block: int, block_hash: int) -> bool:
+        """Record that a held block is now full and holds the prefix named by `block_hash`;
+        False when that prefix was already cached (in another block: that one is kept)."""
         if block_hash in self._block_of or self._hash_of[block] is not None:
-            return  # the same prefix is already cached in another block; keep that one
+            return False
         self._hash_of[block] = block_hash
         self._block_of[block_hash] = block
+        return True
+
+    def take_evicted(self) -> list[int]:
+        """Hashes evicted since the last call (empty unless recording)."""
+        evicted, self._evicted = self._evicted or [], [] if self._evicted is not None else None
+        return evicted
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop a request's hold; blocks nobody holds go to the free queue.
@@ -118,13 +129,13 @@ class BlockCache:
                 else:
                     self._free[block] = None
 
-    def reset(self) -> int:
-        """Forget every cached block that no request holds; returns how many were dropped."""
-        dropped = 0
+    def reset(self) -> list[int]:
+        """Forget every cached block that no request holds; returns their hashes."""
+        dropped = []
         for block in self._free:
             old = self._hash_of[block]
             if old is not None:
                 del self._block_of[old]
                 self._hash_of[block] = None
-                dropped += 1
+                dropped.append(old)
         return dropped

@@ -58,6 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> MockOptions:
         default=d.max_answer_tokens,
         help="longest natural answer, before max_tokens (%(default)s)",
     )
+    parser.add_argument(
+        "--kv-events-config",
+        help='publish KV-cache events as vLLM does, e.g. \'{"enable_kv_cache_events": true, '
+        '"publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": '
+        '"tcp://*:5558"}\'',
+    )
     args = parser.parse_args(argv)
     return MockOptions(**{k.replace("-", "_"): v for k, v in vars(args).items()})
 

@@ -12,6 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
+from .kv_events import EventPublisher
 from .metrics import EngineMetrics
 from .scheduler import Scheduler, Sequence, StepPlan
 
@@ -63,6 +64,7 @@ class Engine:
         self.scheduler = scheduler
         self.speed = speed
         self.metrics = metrics
+        self.publisher: EventPublisher | None = None  # KV-cache events, when configured
         self.stats = EngineStats()
         self._requests: dict[Sequence, Request] = {}
         self._work = asyncio.Event()
@@ -101,7 +103,13 @@ class Engine:
         """Drop cached blocks no running request holds."""
         dropped = self.scheduler.reset_prefix_cache()
         self._update_gauges()
+        self._publish()
         return dropped
+
+    def _publish(self) -> None:
+        events = self.scheduler.take_kv_events()
+        if events and self.publisher is not None:
+            self.publisher.publish(events)
 
     async def run(self) -> None:
         """The step loop: plan, sleep until the step's deadline, deliver its tokens."""
@@ -139,6 +147,7 @@ class Engine:
 
     def _finish_step(self, plan: StepPlan, now: float) -> None:
         progressed = self.scheduler.complete_step(plan, now)
+        self._publish()  # like vLLM: one batch per engine step, the step's events in order
         self.stats.tokens_emitted += len(progressed)
         for seq in progressed:
             request = self._requests.get(seq)

@@ -25,6 +25,7 @@ class MockOptions:
     seed: int = 0
     min_answer_tokens: int = 16
     max_answer_tokens: int = 512
+    kv_events_config: str | None = None  # vLLM's --kv-events-config JSON (kv_events.py)
 
     def timing_profile(self) -> TimingProfile:
         """The named profile (ValueError if unknown)."""

@@ -78,10 +78,15 @@ class SchedulerLimits:
 class Scheduler:
     """Queues, running batch and prefix cache of one engine."""
 
-    def __init__(self, limits: SchedulerLimits, profile: TimingProfile) -> None:
+    def __init__(
+        self, limits: SchedulerLimits, profile: TimingProfile, kv_events: bool = False
+    ) -> None:
         self.limits = limits
         self.profile = profile
-        self.cache = BlockCache(limits.kv_blocks)
+        self.cache = BlockCache(limits.kv_blocks, record_evictions=kv_events)
+        # vLLM's KV-cache events since the last `take_kv_events`, as vLLM's map-shaped events
+        # (None: not recorded).
+        self.kv_events: list[dict[str, object]] | None = [] if kv_events else None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -167,7 +172,27 @@ class Scheduler:
 
     def reset_prefix_cache(self) -> int:
         """Drop cached blocks no running sequence holds."""
-        return self.cache.reset()
+        dropped = self.cache.reset()
+        if self.kv_events is not None and dropped:
+            self._flush_evictions()
+            if self.cache.num_cached == 0:
+                self.kv_events.append({"type": "AllBlocksCleared"})
+            else:  # running requests keep theirs: say exactly which went
+                self.kv_events.append(_removed(dropped))
+        return len(dropped)
+
+    def take_kv_events(self) -> list[dict[str, object]]:
+        """The KV-cache events since the last call, in order (empty unless recording)."""
+        if self.kv_events is None:
+            return []
+        self._flush_evictions()
+        events, self.kv_events = self.kv_events, []
+        return events
+
+    def _flush_evictions(self) -> None:
+        evicted = self.cache.take_evicted()
+        if evicted and self.kv_events is not None:
+            self.kv_events.append(_removed(evicted))
 
     def _take_prefill(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
         start = seq.num_computed
@@ -204,6 +229,37 @@ class Scheduler:
     def _register_full_blocks(self, seq: Sequence) -> None:
         known = seq.num_computed + seq.num_generated
         full = min(known // self.limits.block_size, len(seq.hashes))
+        stored: list[int] = []  # a run of newly cached blocks, for one BlockStored event
         for i in range(seq.num_registered, full):
-            self.cache.register(seq.blocks[i], seq.hashes[i])
+            if self.cache.register(seq.blocks[i], seq.hashes[i]):
+                stored.append(i)
+            elif stored:
+                self._stored(seq, stored)
+                stored = []
+        if stored:
+            self._stored(seq, stored)
         seq.num_registered = max(seq.num_registered, full)
+
+    def _stored(self, seq: Sequence, blocks: list[int]) -> None:
+        if self.kv_events is None:
+            return
+        self._flush_evictions()  # evictions made room for these blocks: they come first
+        size = self.limits.block_size
+        first, last = blocks[0], blocks[-1] + 1
+        tokens = (seq.prompt_ids + seq.output_ids)[first * size : last * size]
+        self.kv_events.append(
+            {
+                "type": "BlockStored",
+                "block_hashes": seq.hashes[first:last],
+                "parent_block_hash": seq.hashes[first - 1] if first else None,
+                "token_ids": tokens,
+                "block_size": size,
+                "lora_id": None,
+                "medium": "GPU",
+                "lora_name": None,
+            }
+        )
+
+
+def _removed(hashes: list[int]) -> dict[str, object]:
+    return {"type": "BlockRemoved", "block_hashes": hashes, "medium": "GPU"}

@@ -13,11 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import protocol
 from .engine import Engine, Request
+from .kv_events import EventPublisher, KvEventsConfig
 from .metrics import EngineMetrics
 from .options import MockOptions
 from .protocol import ApiError, GenerationRequest, ResponseWriter
 from .scheduler import Scheduler, Sequence
-from .tokenizer import answer_length, answer_tokens, encode, token_id
+from .tokenizer import answer_ids, answer_length, answer_tokens, encode
 
 # How often the reaper looks for clients that went away.
 DISCONNECT_POLL_SECONDS = 0.05
@@ -51,7 +52,9 @@ def build_app(options: MockOptions) -> web.Application:
             "prefix_caching_hash_algo": "xxhash",
         },
     )
-    engine = Engine(Scheduler(limits, profile), speed=options.speed, metrics=metrics)
+    events = KvEventsConfig.parse(options.kv_events_config)
+    scheduler = Scheduler(limits, profile, kv_events=events is not None)
+    engine = Engine(scheduler, speed=options.speed, metrics=metrics)
     app = web.Application(client_max_size=64 * 1024**2)
     app[REPLICA] = Replica(options, engine, metrics, {})
     app.cleanup_ctx.append(_engine_lifecycle)
@@ -67,6 +70,9 @@ def build_app(options: MockOptions) -> web.Application:
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     replica = app[REPLICA]
+    events = KvEventsConfig.parse(replica.options.kv_events_config)
+    if events is not None:
+        replica.engine.publisher = EventPublisher(events)
     replica.engine.start()
     reaper = asyncio.get_running_loop().create_task(_abort_disconnected(replica))
     yield
@@ -74,6 +80,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await reaper
     await replica.engine.stop()
+    if replica.engine.publisher is not None:
+        await replica.engine.publisher.close()
 
 
 async def _abort_disconnected(replica: Replica) -> None:
@@ -153,7 +161,7 @@ def _sequence(options: MockOptions, parsed: GenerationRequest) -> Sequence:
     pieces = answer_tokens(prompt_ids, options.seed, count)
     return Sequence(
         prompt_ids=prompt_ids,
-        output_ids=[token_id(p) for p in pieces],
+        output_ids=answer_ids(pieces),
         output_pieces=pieces,
         finish_reason="stop" if natural <= max_tokens else "length",
         arrival=asyncio.get_running_loop().time(),
@@ -167,9 +175,8 @@ async def _stream(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
     )
     await response.prepare(http)
+    # Like vLLM, the role chunk waits for the first output: it marks the end of prefill.
     opening = writer.first_event()
-    if opening:
-        await response.write(opening)
     seq = request.seq
     while True:
         await request.ready.wait()
@@ -179,7 +186,8 @@ async def _stream(
         if pieces:
             finish = seq.finish_reason if seq.finished else None
             # everything produced since the last write goes out as one chunk
-            await response.write(writer.text_event(pieces, finish))
+            await response.write(opening + writer.text_event(pieces, finish))
+            opening = b""
         if seq.finished:
             break
     if include_usage:

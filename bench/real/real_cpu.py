@@ -24,14 +24,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.endpoints import cache_config_info, free_port, get_text, http_json
+from bench.endpoints import cache_config_info, free_port, free_ports, get_text, http_json
 from bench.load.workload import Workload, system_prompt, user_message
 from bench.mock_vllm.tokenizer import encode, render_chat
 from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
 from bench.runner import report
+from bench.runner.replicas import EngineTruth
 from bench.runner.run import point_latest_at
 from bench.runner.run import run as run_targets
-from bench.runner.sizes import REAL_CPU, REAL_CPU_SKEWED, Size, size_of
+from bench.runner.sizes import REAL_CPU, REAL_CPU_NO_HEADER, REAL_CPU_SKEWED, Size, size_of
 from bench.runner.targets import targets_of
 
 
@@ -55,9 +56,16 @@ SCENARIOS = {
     # The measurement that showed count-bounded loads losing: KV at 0.4 of the live tokens.
     "skewed": RealScenario(
         "skewed",
-        "Skewed workload, 32 users, a quarter of the sessions hot, KV cache 0.4 of live tokens",
+        "Skewed workload, 12 users, a quarter of the sessions hot, KV cache 0.4 of live tokens",
         REAL_CPU_SKEWED,
-        "session,consistent_hash,plain_hash,session_2x",
+        "session,session_events,consistent_hash,plain_hash,session_2x,session_2x_events",
+        0.4,
+    ),
+    "no_header": RealScenario(
+        "no_header",
+        "No session id, every session opening alike: the skewed workload with one prompt anchor",
+        REAL_CPU_NO_HEADER,
+        "prefix,prefix_events,prefix_2x_events",
         0.4,
     ),
 }
@@ -146,14 +154,22 @@ def run_scenario(
 ) -> None:
     size = size_of(args, scenario.size)
     targets = targets_of(args, scenario.policies)
-    config = EngineConfig(model="small", count=2, dtype="float32", base_port=free_port())
+    config = EngineConfig(
+        model="small",
+        count=2,
+        dtype="float32",
+        base_port=free_port(),
+        kv_events_port=free_ports(4),  # publisher and replay of each engine: engine truth
+    )
     kv_note = ""
     if scenario.kv_share is not None:
         # Size the cache from the workload's own text, counted by a briefly started engine.
-        with running_engines(replace(config, count=1)) as probe:
+        with running_engines(replace(config, count=1, kv_events_port=None)) as probe:
             live = live_tokens(probe.urls[0], config.name, size.workload, size.users)
         kv_bytes = round(scenario.kv_share * live * kv_bytes_per_token(config))
-        config = replace(config, kv_cache_bytes=kv_bytes, base_port=free_port())
+        config = replace(
+            config, kv_cache_bytes=kv_bytes, base_port=free_port(), kv_events_port=free_ports(4)
+        )
         kv_note = (
             f" KV cache {kv_bytes / 2**20:.1f} MiB each: {scenario.kv_share:g} of the "
             f"workload's ~{live:,.0f} live tokens."
@@ -173,8 +189,9 @@ def run_scenario(
         )
         cpu_before = [group_cpu_seconds(e.pgid) for e in fleet.engines]
         wall = time.monotonic()
+        truth = EngineTruth({e.url: e.replica_spec for e in fleet.engines}, str(config.model_dir))
         real_folder, real = run_targets(
-            real_args, size, targets, command, setup, folder=folder / "real"
+            real_args, size, targets, command, setup, folder=folder / "real", truth=truth
         )
         wall = time.monotonic() - wall
         shares = [

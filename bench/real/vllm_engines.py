@@ -86,6 +86,10 @@ class EngineConfig:
     die_with_parent: bool = True
     # More environment for each engine, e.g. (("VLLM_ENABLE_RESPONSES_API_STORE", "1"),).
     env: tuple[tuple[str, str], ...] = ()
+    # KV-cache events (docs/design.md, Engine truth): engine i publishes on kv_events_port + 2i
+    # and answers replay requests on the port after it; None: no events.
+    kv_events_port: int | None = None
+    kv_events_topic: str = "kv"
 
     @property
     def model_dir(self) -> Path:
@@ -98,6 +102,13 @@ class EngineConfig:
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+    def kv_events_ports(self, index: int) -> tuple[int, int] | None:
+        """Engine `index`'s (publisher, replay) ports, or None without events."""
+        if self.kv_events_port is None:
+            return None
+        port = self.kv_events_port + 2 * index
+        return port, port + 1
 
     def core_of(self, index: int) -> int:
         if self.cores:
@@ -115,6 +126,15 @@ class Engine:
     url: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    kv_events: str = ""  # tcp://host:port of its KV-event publisher ("" without events)
+    kv_replay: str = ""  # ... and of its replay socket
+
+    @property
+    def replica_spec(self) -> str:
+        """The router's --replica value for this engine, with its event endpoints if any."""
+        if not self.kv_events:
+            return self.url
+        return f"{self.url}#kv_events={self.kv_events}&kv_replay={self.kv_replay}"
 
     @property
     def pgid(self) -> int:
@@ -149,8 +169,20 @@ def missing_prerequisites(config: EngineConfig) -> list[str]:
     return missing
 
 
-def engine_command(config: EngineConfig, port: int) -> list[str]:
-    """The API server command line for one engine on ``port``."""
+def engine_command(config: EngineConfig, port: int, index: int = 0) -> list[str]:
+    """The API server command line for engine `index` on ``port``."""
+    events = []
+    ports = config.kv_events_ports(index)
+    if ports is not None:
+        # The publisher binds only an endpoint with a wildcard host; it would connect otherwise.
+        kv_config = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{ports[0]}",
+            "replay_endpoint": f"tcp://*:{ports[1]}",
+            "topic": config.kv_events_topic,
+        }
+        events = ["--kv-events-config", json.dumps(kv_config)]
     memory = []
     if config.kv_cache_bytes is not None:
         memory += ["--kv-cache-memory-bytes", str(config.kv_cache_bytes)]
@@ -180,6 +212,7 @@ def engine_command(config: EngineConfig, port: int) -> list[str]:
         str(config.max_num_seqs),
         *(["--enforce-eager"] if config.enforce_eager else []),
         "--enable-prompt-tokens-details",
+        *events,
         *config.extra_args,
     ]
 
@@ -212,14 +245,15 @@ def _die_with_parent() -> None:
 
 def _launch(config: EngineConfig, index: int) -> Engine:
     port = config.base_port + index
-    if not _port_is_free(config.host, port):
-        raise EngineStartError(f"port {config.host}:{port} is already in use")
+    for taken in (port, *(config.kv_events_ports(index) or ())):
+        if not _port_is_free(config.host, taken):
+            raise EngineStartError(f"port {config.host}:{taken} is already in use")
     core = config.core_of(index)
     config.log_dir.mkdir(parents=True, exist_ok=True)
     log_path = config.log_dir / f"{config.name}-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            engine_command(config, port),
+            engine_command(config, port, index),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -228,7 +262,12 @@ def _launch(config: EngineConfig, index: int) -> Engine:
             start_new_session=True,
             preexec_fn=_die_with_parent if config.die_with_parent else None,
         )
-    return Engine(index, port, core, f"http://{config.host}:{port}", log_path, process)
+    engine = Engine(index, port, core, f"http://{config.host}:{port}", log_path, process)
+    ports = config.kv_events_ports(index)
+    if ports is not None:
+        engine.kv_events = f"tcp://{config.host}:{ports[0]}"
+        engine.kv_replay = f"tcp://{config.host}:{ports[1]}"
+    return engine
 
 
 def is_healthy(url: str, timeout_s: float = 2.0) -> bool:

@@ -72,6 +72,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--hot-share", type=float, help="share of hot sessions (skewed workload)")
     g.add_argument("--hot-context-factor", type=float, help="hot sessions' document factor")
     g.add_argument("--hot-pace-factor", type=float, help="hot sessions' turn-rate factor")
+    g.add_argument(
+        "--shared-opening",
+        action="store_true",
+        default=None,
+        help="every session opens with the same instruction (an agent's fixed preamble)",
+    )
     g.add_argument("--session-header", default="X-Session-Id", help="header with the session id")
     g.add_argument("--model", default="", help="model name (default: first of /v1/models)")
     g.add_argument(

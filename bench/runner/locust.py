@@ -63,6 +63,8 @@ def locust_command(
         "--hot-pace-factor",
         str(w.hot_pace_factor),
     ]
+    if w.shared_opening:
+        cmd += ["--shared-opening"]
     if len(urls) > 1:
         cmd += ["--hosts", ",".join(urls)]
     if args.model:

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.endpoints import cache_config_info, free_port, get_text, http, http_json, wait_until_up
-from bench.load.workload import Workload, system_prompt
+from bench.load.workload import OPENING, Workload, system_prompt
+from bench.mock_vllm.tokenizer import TOKENIZER_FOLDER
 from bench.runner.counters import read_counters
 from bench.runner.processes import Processes
 from bench.runner.report import BLOCK_SIZE
 from bench.runner.sizes import Size
 
 
-def start_mocks(procs: Processes, size: Size, profile: str, folder: Path) -> list[str]:
-    urls = []
+@dataclass(frozen=True)
+class EngineTruth:
+    """What a router needs to read the replicas' KV-cache events: each replica's `--replica`
+    spec with its event endpoints, and the served model's tokenizer folder."""
+
+    specs: dict[str, str]
+    tokenizer: str
+
+
+def start_mocks(
+    procs: Processes, size: Size, profile: str, folder: Path
+) -> tuple[list[str], EngineTruth]:
+    """The mocks, each publishing its KV-cache events as vLLM does."""
+    urls, specs = [], {}
     for i in range(size.mocks):
         port = free_port()
+        events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        kv_events = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": events,
+            "replay_endpoint": replay,
+            "topic": "kv",
+        }
+        specs[f"http://127.0.0.1:{port}"] = (
+            f"http://127.0.0.1:{port}#kv_events={events}&kv_replay={replay}"
+        )
         cmd = [
             sys.executable,
             "-m",
@@ -36,12 +62,14 @@ def start_mocks(procs: Processes, size: Size, profile: str, folder: Path) -> lis
             str(size.kv_blocks),
             "--seed",
             str(i),
+            "--kv-events-config",
+            json.dumps(kv_events),
         ]
         proc = procs.start(f"mock-{i}", cmd, folder / f"mock-{i}.log")
         urls.append((f"http://127.0.0.1:{port}", proc))
     for url, proc in urls:
         wait_until_up(url + "/health", proc)
-    return [url for url, _ in urls]
+    return [url for url, _ in urls], EngineTruth(specs, str(TOKENIZER_FOLDER))
 
 
 def block_size_of(replica: str) -> int:
@@ -69,7 +97,8 @@ def model_name(base: str, given: str) -> str:
 
 
 def probe_shared_prefix(base: str, replica: str | None, model: str, workload: Workload) -> int:
-    """Cached tokens of a request that shares only the system prompt with the one before it."""
+    """Cached tokens of a request that shares only what every session's first turn shares
+    (the system prompt, or the whole opening) with the one before it."""
 
     def ask(text: str) -> dict[str, Any]:
         body = {
@@ -83,9 +112,13 @@ def probe_shared_prefix(base: str, replica: str | None, model: str, workload: Wo
         url = base + "/v1/chat/completions"
         return dict(http_json("POST", url, body, {"X-Session-Id": "bench-probe"}, timeout=60.0))
 
-    ask("Alpha probe question one.")
+    # With a shared opening, every session's first turn is the same prompt: all of it is shared.
+    first, second = (
+        (OPENING, OPENING) if workload.shared_opening else ("Alpha probe one.", "Bravo probe two.")
+    )
+    ask(first)
     before = read_counters(replica) if replica else None
-    usage = ask("Bravo probe question two.").get("usage") or {}
+    usage = ask(second).get("usage") or {}
     if replica and before is not None:
         return int(read_counters(replica).hits - before.hits)
     return int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)

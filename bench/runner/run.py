@@ -36,6 +36,7 @@ from bench.runner.counters import ReplicaCounters, counter_deltas, snapshot
 from bench.runner.locust import locust_command, run_locust
 from bench.runner.processes import Processes, processes
 from bench.runner.replicas import (
+    EngineTruth,
     block_size_of,
     model_name,
     probe_shared_prefix,
@@ -56,7 +57,12 @@ class Measured:
 
 
 def start_target(
-    procs: Processes, target: Target, replicas: Sequence[str], extra: Sequence[str], folder: Path
+    procs: Processes,
+    target: Target,
+    replicas: Sequence[str],
+    extra: Sequence[str],
+    folder: Path,
+    truth: EngineTruth | None,
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     """The target's base URLs (one per instance) and the processes started for it."""
     if target.url:
@@ -64,7 +70,7 @@ def start_target(
     urls, started = [], []
     for instance in range(target.instances):
         port = free_port()
-        how = launch(target, port, replicas, extra)
+        how = launch(target, port, replicas, extra, truth)
         log = f"router-{target.name}" + (f"-{instance}" if target.instances > 1 else "")
         proc = procs.start(target.name, how.command, folder / f"{log}.log")
         wait_until_up(how.ready_url, proc, ok=how.ready_statuses)
@@ -80,8 +86,9 @@ def measure(
     size: Size,
     args: argparse.Namespace,
     folder: Path,
+    truth: EngineTruth | None,
 ) -> Measured:
-    urls, routers = start_target(procs, target, replicas, args.router_arg, folder)
+    urls, routers = start_target(procs, target, replicas, args.router_arg, folder, truth)
     try:
         cache_reset = reset_caches(replicas) if replicas else False
         before = snapshot(replicas)
@@ -105,6 +112,7 @@ def run(
     command: str,
     setup: str = "",
     folder: Path | None = None,
+    truth: EngineTruth | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Measure every target once; write `folder` (default: a new run folder, which
     bench/results/latest then points at); returns it and its summary."""
@@ -123,7 +131,7 @@ def run(
                 f"{size.kv_blocks} KV blocks each)",
                 file=sys.stderr,
             )
-            replicas = start_mocks(procs, size, args.mock_profile, folder)
+            replicas, truth = start_mocks(procs, size, args.mock_profile, folder)
         probe_base = replicas[0] if replicas else (targets[0].url or "")
         block_size = block_size_of(replicas[0]) if replicas else report.BLOCK_SIZE
         shared_prefix = 0
@@ -133,7 +141,7 @@ def run(
                 probe_base, replicas[0] if replicas else None, model, size.workload
             )
         for target in targets:
-            results.append(measure(procs, target, replicas, size, args, folder))
+            results.append(measure(procs, target, replicas, size, args, folder, truth))
     policies = {}
     for m in results:
         m.summary = report.summarise_policy(
@@ -142,6 +150,7 @@ def run(
         m.summary["cache_reset"] = m.cache_reset
         m.summary["session_header"] = args.session_header if m.target.session_header else None
         m.summary["router_instances"] = m.target.instances
+        m.summary["engine_truth"] = m.target.events
         policies[m.target.name] = m.summary
     summary: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ class Size:
 # mock holds 7,000: its share of the ~96 live sessions (24, ~5,500 blocks) plus a few finished
 # ones, but not all of them (~22,000), so a policy that scatters sessions loses its prefixes.
 FULL = Size(
-    mocks=4, kv_blocks=7000, speed=1.0, users=96, spawn_rate=16, duration=75, workload=Workload()
+    mocks=4, kv_blocks=7000, speed=1.0, users=96, spawn_rate=16, duration=60, workload=Workload()
 )
 QUICK = Size(
     mocks=2,
@@ -57,6 +57,9 @@ SKEWED = Size(
     duration=60,
     workload=Workload(turns=6, hot_share=0.25, hot_context_factor=3.0, hot_pace_factor=3.0),
 )
+# The same, but as agents that send no session id and open every session with the same fixed
+# instruction: every session has the same prompt anchor, the key a router falls back to.
+NO_HEADER = replace(SKEWED, workload=replace(SKEWED.workload, turns=7, shared_opening=True))
 # Two real vLLM CPU engines (bench/real/real_cpu.py), sized for their 2048-token context: turn 5
 # reaches ~1,100 tokens. The engines report their own KV capacity.
 REAL_CPU = Size(
@@ -98,6 +101,9 @@ REAL_CPU_SKEWED = Size(
         hot_pace_factor=3.0,
     ),
 )
+REAL_CPU_NO_HEADER = replace(
+    REAL_CPU_SKEWED, workload=replace(REAL_CPU_SKEWED.workload, turns=7, shared_opening=True)
+)
 WORKLOAD_FLAGS = (
     "system_words",
     "context_words",
@@ -108,6 +114,7 @@ WORKLOAD_FLAGS = (
     "hot_share",
     "hot_context_factor",
     "hot_pace_factor",
+    "shared_opening",
 )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.endpoints import router_command
+from bench.runner.replicas import EngineTruth
 
 DEFAULT_POLICIES = "session,prefix,round_robin,least_loaded"
 
@@ -20,6 +21,7 @@ class Target:
     url: str | None = None  # already running
     session_header: bool = True
     instances: int = 1  # router processes; the client sends turn n to instance n mod instances
+    events: bool = False  # the router reads the replicas' KV-cache events (engine truth)
 
 
 # This router's targets by name: a policy, or a policy with the flags and client behaviour the
@@ -36,6 +38,24 @@ BUILTIN: dict[str, Target] = {
     "plain_hash": Target("plain_hash", ("--policy", "consistent_hash", "--load-factor", "100")),
     # Two session routers with no shared state; every turn goes to the other instance.
     "session_2x": Target("session_2x", ("--policy", "session"), instances=2),
+    # The same with engine truth: the replicas' KV-cache events and the served tokenizer.
+    "session_events": Target("session_events", ("--policy", "session"), events=True),
+    "session_2x_events": Target(
+        "session_2x_events", ("--policy", "session"), instances=2, events=True
+    ),
+    "prefix_events": Target(
+        "prefix_events",
+        ("--policy", "session", "--key-source", "prompt"),
+        session_header=False,
+        events=True,
+    ),
+    "prefix_2x_events": Target(
+        "prefix_2x_events",
+        ("--policy", "session", "--key-source", "prompt"),
+        session_header=False,
+        instances=2,
+        events=True,
+    ),
 }
 BUILTIN_POLICIES = tuple(BUILTIN)
 
@@ -76,13 +96,26 @@ def targets_of(args: argparse.Namespace, default_policies: str = DEFAULT_POLICIE
     return targets
 
 
-def launch(target: Target, port: int, replicas: Sequence[str], extra: Sequence[str]) -> Launch:
+def launch(
+    target: Target,
+    port: int,
+    replicas: Sequence[str],
+    extra: Sequence[str],
+    truth: EngineTruth | None = None,
+) -> Launch:
     """The command for a target the runner starts (this router, or an external one's template)."""
     base = f"http://127.0.0.1:{port}"
     if target.router_args is not None:
+        with_events: tuple[str, ...] = ()
+        if target.events:
+            if truth is None:
+                raise SystemExit(f"{target.name} needs replicas that publish KV-cache events")
+            replicas = [truth.specs.get(r, r) for r in replicas]
+            with_events = ("--tokenizer", truth.tokenizer)
         command = router_command(
             port,
             *target.router_args,
+            *with_events,
             "--log-level",
             "warning",
             "--drain-seconds",

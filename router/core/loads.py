@@ -114,6 +114,7 @@ class ReplicaLoad:
     decoding: int = 0  # requests in flight past their first token
     scraped: float = 0.0  # running + waiting, from the replica's /metrics
     foreign: float = 0.0  # scraped requests this router did not send (`both`, `scraped`)
+    evictions: float = 0.0  # KV blocks evicted per second, from the replica's events
     healthy: bool = False
 
 
@@ -137,6 +138,7 @@ class Loads:
     mean_prompt: float = 0.0  # moving mean of requests' uncached tokens (foreign work's size)
     total_owed: float = 0.0  # owed prefill summed over healthy replicas
     total_foreign: float = 0.0  # foreign requests summed over healthy replicas
+    total_evictions: float = 0.0  # evictions per second summed over healthy replicas
 
     def __post_init__(self) -> None:
         if self.signal not in LOAD_SIGNALS:
@@ -162,6 +164,7 @@ class Loads:
         sign = 1.0 if healthy else -1.0
         self.total_owed += sign * account.owed_prefill
         self.total_foreign += sign * account.foreign
+        self.total_evictions += sign * account.evictions
         if healthy:
             self.table.set(url, self._count(account))
         else:
@@ -223,6 +226,15 @@ class Loads:
             self.total_foreign += foreign - account.foreign
         account.foreign = foreign
         self._update(account)
+
+    def set_evictions(self, url: str, per_second: float) -> None:
+        """How fast the replica evicts KV blocks (engine truth): how full its cache runs."""
+        account = self._accounts.get(url)
+        if account is None:
+            return
+        if account.healthy:
+            self.total_evictions += per_second - account.evictions
+        account.evictions = per_second
 
     def owed(self, account: ReplicaLoad) -> float:
         """Prefill the replica owes: this router's requests, and others' with a scraped signal."""

@@ -10,7 +10,7 @@ entries and in time (docs/design.md, "Ring and placement").
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from router.core.loads import Loads, ReplicaLoad
@@ -133,9 +133,12 @@ def place_first_turn(
     footprint = conversations.footprint
     total_footprint = conversations.total_footprint + tokens
 
+    evictions = loads.total_evictions
+
     def pressure(account: ReplicaLoad) -> float:
         work = loads.owed(account) / total_owed
-        return work + footprint.get(account.url, 0.0) / total_footprint
+        churn = account.evictions / evictions if evictions > 0 else 0.0
+        return work + footprint.get(account.url, 0.0) / total_footprint + churn
 
     return min(choices, key=pressure)  # min() keeps the first of equals: ring order
 
@@ -147,12 +150,14 @@ def spill_target(
     alternatives: Iterable[ReplicaLoad],
     loads: Loads,
     factor: float,
+    needs: Callable[[ReplicaLoad], float],
 ) -> ReplicaLoad | None:
     """Where a later turn should go instead of its home, or None to stay.
 
     It stays while its home is within bound; past the bound, it moves to the alternative where
-    its first token comes soonest even though the whole history must be prefilled there, if that
-    beats waiting at home to prefill only the new part.
+    its first token comes soonest even though it must prefill there what is not cached there
+    (`needs`: the whole history, unless engine truth knows better), if that beats waiting at
+    home to prefill only the new part.
     """
     if within_bound(
         loads.owed(home), loads.fleet_owed(), history_tokens, loads.healthy_count(), factor
@@ -161,7 +166,7 @@ def spill_target(
     best, best_wait = None, loads.wait(home, new_tokens)
     for account in alternatives:
         if account is not home:
-            wait = loads.wait(account, history_tokens)
+            wait = loads.wait(account, needs(account))
             if wait < best_wait:
                 best, best_wait = account, wait
     return best

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from router.core.keys import RoutingKey
+from router.core.keys import KeyKind, RoutingKey
 from router.core.loads import Loads, LoadTable, ReplicaLoad
 from router.core.placement import (
     DEFAULT_CONVERSATION_TTL,
@@ -22,6 +22,7 @@ from router.core.placement import (
     DEFAULT_FIRST_TURN_CHOICES,
     SPILL_CHOICES,
     ConversationTable,
+    Placed,
     place_first_turn,
     spill_target,
 )
@@ -40,6 +41,7 @@ class Outcome(str, Enum):
 
     HOME = "home"  # where its conversation's cache is (or its ring home, when not known)
     PLACED = "placed"  # a first turn, placed on the least loaded of its first ring candidates
+    FOUND = "found"  # engine truth: the replica holding the most of this prompt
     SPILLED = "spilled"  # home too busy: moved (session: cost-aware; consistent_hash: at capacity)
     STICKY_SPILL = "sticky_spill"  # consistent_hash: home still at capacity, back where it spilled
     FAILOVER = "failover"  # its replica is out, or the first candidate failed before any byte
@@ -55,6 +57,9 @@ class Turn:
     key: RoutingKey
     tokens: float  # estimated prompt tokens
     first: bool = False  # no earlier turn in it: its conversation has no cache anywhere yet
+    # Engine truth, once looked up: for each replica publishing KV-cache events, how much of
+    # this prompt it holds, in the units of `tokens`.
+    cached: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class Route:
     candidates: tuple[str, ...]
     outcome: Outcome
     tokens: float = 0.0  # estimated tokens the first candidate must prefill (not cached there)
+    lookup: bool = False  # ask engine truth where the prompt is cached, then route again
 
 
 class Policy(Protocol):
@@ -94,7 +100,8 @@ class SessionPolicy:
     its first ring candidates; later turns go where its cache is, and leave only when their home
     is past the bound and waiting there costs more than re-prefilling the whole history
     elsewhere. The ring orders the candidates, so a router that has not seen a conversation
-    (restarted, or another instance) sends it to its ring home.
+    (restarted, or another instance) sends it to its ring home, unless engine truth (the
+    replicas' KV-cache events) says where its prompt is cached: `lookup` decides when to ask.
     """
 
     name = "session"
@@ -105,11 +112,15 @@ class SessionPolicy:
         load_factor: float = DEFAULT_LOAD_FACTOR,
         conversations: ConversationTable | None = None,
         first_turn_choices: int = DEFAULT_FIRST_TURN_CHOICES,
+        lookup: str = "never",
     ) -> None:
+        if lookup not in LOOKUP_MODES:
+            raise ValueError(f"lookup must be one of {', '.join(LOOKUP_MODES)}")
         self.vnodes = vnodes
         self.load_factor = load_factor
         self.first_turn_choices = max(first_turn_choices, 1)
         self.conversations = conversations if conversations is not None else ConversationTable()
+        self.lookup = lookup
         self.ring = HashRing({}, vnodes)
 
     def set_replicas(self, weights: Mapping[str, float]) -> None:
@@ -126,6 +137,8 @@ class SessionPolicy:
             return Route(tuple(a.url for a in order), Outcome.NO_KEY, turn.tokens)
         point = turn.key.point
         chosen = self._choose(turn, loads, now)
+        if isinstance(chosen, LookUp):
+            return Route((), Outcome.HOME, turn.tokens, lookup=True)
         if chosen is None:  # healthy replicas that are not on the ring yet
             return Route(least_loaded(loads.table, attempts), Outcome.NO_KEY, turn.tokens)
         first, outcome, owed = chosen
@@ -133,42 +146,101 @@ class SessionPolicy:
         rest = (a.url for a in self._healthy_walk(point, loads) if a is not first)
         return Route(_take(first.url, rest, attempts), outcome, owed)
 
-    def _choose(
-        self, turn: Turn, loads: Loads, now: float
-    ) -> tuple[ReplicaLoad, Outcome, float] | None:
-        """Where the turn goes, why, and the tokens it must prefill there."""
-        point = turn.key.point
+    def _choose(self, turn: Turn, loads: Loads, now: float) -> Choice | LookUp | None:
+        """Where the turn goes, why, and the tokens it must prefill there; or LOOK_UP."""
+        point, truth = turn.key.point, turn.cached
         placed = self.conversations.get(point, now)
-        if placed is not None:
-            home = loads.get(placed.replica)
-            if home is None or not home.healthy:  # its cache is gone with its replica
-                return self._place(turn, loads, Outcome.FAILOVER)
+        # A prompt-anchor key may be shared by conversations that open alike (an agent's fixed
+        # preamble): with engine truth, where this prompt is cached matters, not the key's entry.
+        if placed is not None and turn.key.kind is KeyKind.PREFIX and truth is not None:
+            placed = None
+        home = loads.get(placed.replica) if placed is not None else None
+        if home is not None and not home.healthy:
+            home = None
+        if truth is None and self._in_doubt(turn, placed, home):
+            return LOOK_UP
+        if truth:
+            found = self._found(turn, truth, loads, home)
+            if found is not None:
+                home, outcome = found
+                return self._stay_or_spill(turn, home, outcome, loads)
+        if placed is not None and home is None:  # its cache is gone with its replica
+            return self._place(turn, loads, Outcome.FAILOVER)
+        if home is not None:
+            assert placed is not None
             grown = turn.tokens - placed.tokens
             owed = grown if grown >= 0 else turn.tokens  # a shorter prompt: history was cut
-        elif turn.first:
+            return self._stay_or_spill(turn, home, Outcome.HOME, loads, owed)
+        if turn.first or truth is not None:
             return self._place(turn, loads, Outcome.PLACED)
-        else:
-            # A later turn this router has not seen (a restart, another instance served it):
-            # the ring's home is where a router that placed it freely most likely put it.
-            ring_home = next(self._healthy_walk(point, loads), None)
-            if ring_home is None:
-                return None
-            home, owed = ring_home, turn.tokens
-        alternatives = itertools.islice(self._healthy_walk(point, loads), SPILL_CHOICES + 1)
-        target = spill_target(home, owed, turn.tokens, alternatives, loads, self.load_factor)
-        if target is not None:
-            return target, Outcome.SPILLED, turn.tokens
-        return home, Outcome.HOME, owed
+        # A later turn this router has not seen (a restart, another instance served it): the
+        # ring's home is where a router that placed it freely most likely put it.
+        ring_home = next(self._healthy_walk(point, loads), None)
+        if ring_home is None:
+            return None
+        return self._stay_or_spill(turn, ring_home, Outcome.HOME, loads)
 
-    def _place(
-        self, turn: Turn, loads: Loads, outcome: Outcome
-    ) -> tuple[ReplicaLoad, Outcome, float] | None:
+    def _in_doubt(self, turn: Turn, placed: Placed | None, home: ReplicaLoad | None) -> bool:
+        """Whether to ask engine truth before choosing: always, or when this router cannot know
+        where the conversation's cache is (a later turn it has not seen, a replica gone, a key
+        that several conversations may share)."""
+        if self.lookup == "always":
+            return True
+        if self.lookup == "never" or turn.first:
+            return False
+        return home is None or turn.key.kind is KeyKind.PREFIX
+
+    def _found(
+        self, turn: Turn, truth: Mapping[str, float], loads: Loads, home: ReplicaLoad | None
+    ) -> tuple[ReplicaLoad, Outcome] | None:
+        """The replica holding the most of this prompt, by engine truth; among equals, the
+        conversation's home, else the least pressed. None when none holds any of it."""
+        best = max(truth.values(), default=0.0)
+        if best <= 0:
+            return None
+        holders = []
+        for url, cached in truth.items():
+            account = loads.get(url)
+            if cached == best and account is not None and account.healthy:
+                holders.append(account)
+        if not holders:
+            return None
+        if home is not None and home in holders:
+            return home, Outcome.HOME
+        if len(holders) == 1:
+            return holders[0], Outcome.FOUND
+        chosen = place_first_turn(holders, turn.tokens, loads, self.conversations)
+        return chosen, Outcome.FOUND
+
+    def _stay_or_spill(
+        self,
+        turn: Turn,
+        home: ReplicaLoad,
+        outcome: Outcome,
+        loads: Loads,
+        owed: float | None = None,
+    ) -> Choice | LookUp:
+        truth = turn.cached or {}
+        if owed is None:
+            owed = turn.tokens - truth.get(home.url, 0.0)
+        alternatives = itertools.islice(
+            self._healthy_walk(turn.key.point, loads), SPILL_CHOICES + 1
+        )
+        needs = _needs(turn)
+        target = spill_target(home, owed, turn.tokens, alternatives, loads, self.load_factor, needs)
+        if target is not None:
+            if turn.cached is None and self.lookup != "never":
+                return LOOK_UP  # moving costs a prefill: first learn exactly what it costs
+            return target, Outcome.SPILLED, needs(target)
+        return home, outcome, owed
+
+    def _place(self, turn: Turn, loads: Loads, outcome: Outcome) -> Choice | None:
         walk = self._healthy_walk(turn.key.point, loads)
         choices = list(itertools.islice(walk, self.first_turn_choices))
         if not choices:
             return None
         chosen = place_first_turn(choices, turn.tokens, loads, self.conversations)
-        return chosen, outcome, turn.tokens
+        return chosen, outcome, _needs(turn)(chosen)
 
     def moved(self, turn: Turn, replica: str, now: float) -> None:
         if not turn.key.is_none:
@@ -179,6 +251,22 @@ class SessionPolicy:
             account = loads.get(url)
             if account is not None and account.healthy:
                 yield account
+
+
+class LookUp:
+    """_choose's answer when engine truth should be asked first."""
+
+
+Choice = tuple[ReplicaLoad, Outcome, float]
+LOOK_UP = LookUp()
+LOOKUP_MODES = ("never", "doubt", "always")
+
+
+def _needs(turn: Turn) -> Callable[[ReplicaLoad], float]:
+    """The tokens `turn` must prefill on a replica: all of them, less what engine truth says
+    is cached there."""
+    truth = turn.cached or {}
+    return lambda account: turn.tokens - truth.get(account.url, 0.0)
 
 
 class ConsistentHashPolicy:
@@ -300,10 +388,13 @@ def make_policy(
     conversations: ConversationTable | None = None,
     spill: SpillTable | None = None,
     first_turn_choices: int = DEFAULT_FIRST_TURN_CHOICES,
+    lookup: str = "never",
     rng: _random.Random | None = None,
 ) -> Policy:
     factories: dict[str, Callable[[], Policy]] = {
-        "session": lambda: SessionPolicy(vnodes, load_factor, conversations, first_turn_choices),
+        "session": lambda: SessionPolicy(
+            vnodes, load_factor, conversations, first_turn_choices, lookup
+        ),
         "consistent_hash": lambda: ConsistentHashPolicy(vnodes, load_factor, spill),
         "round_robin": RoundRobinPolicy,
         "random": lambda: RandomPolicy(rng),

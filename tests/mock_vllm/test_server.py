@@ -21,7 +21,9 @@ from bench.runner.counters import metric_totals
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
-LONG_CONTEXT = " ".join(f"fact{i} is about topic{i % 7}." for i in range(300))
+# ~1,500 tokens: words of the mock's vocabulary are one token each (other text falls back to
+# smaller pieces, down to bytes).
+LONG_CONTEXT = " ".join(f"token {i} is in block {i % 7}." for i in range(215))
 
 
 def options(**overrides: Any) -> MockOptions:
@@ -233,8 +235,13 @@ async def test_requests_wait_for_kv_blocks(aiohttp_client: ClientFactory) -> Non
         chat([{"role": "user", "content": str(i) + LONG_CONTEXT}], max_tokens=20) for i in range(3)
     ]
     tasks = [asyncio.create_task(timed_post(client, b)) for b in bodies]
-    await asyncio.sleep(0.01)
-    assert replica.engine.scheduler.waiting  # ~90 blocks each: one runs at a time
+    waited = False  # ~90 blocks each: one runs at a time, the others wait
+    for _ in range(200):  # up to 2 s for the requests to arrive (a busy machine is slow)
+        waited = waited or bool(replica.engine.scheduler.waiting)
+        if waited or all(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.01)
+    assert waited
     results = await asyncio.gather(*tasks)
     assert all(r[0]["usage"]["completion_tokens"] == 20 for r in results)
     assert replica.engine.scheduler.cache.evictions > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -251,3 +252,71 @@ def test_owed_work_is_what_requests_in_prefill_owe(ops: list[tuple[str, int, flo
         assert account.decoding == sum(1 for t in mine if not t.prefilling)
     healthy = sum(a.owed_prefill for a in loads.healthy())
     assert abs(loads.total_owed - healthy) < 1e-6
+
+
+def truth_fleet(lookup: str = "doubt") -> tuple[SessionPolicy, Loads]:
+    return fleet(lookup=lookup)
+
+
+def test_a_later_turn_this_router_has_not_seen_asks_engine_truth_then_goes_where_it_is() -> None:
+    policy, loads = truth_fleet()
+    turn = Turn(key("c"), 4000)
+    assert policy.route(turn, loads, now=0, attempts=2).lookup
+    holder = ring_order(policy, "c")[1]  # not the ring's home: another instance placed it
+    truth = {url: 0.0 for url in REPLICAS} | {holder: 3900.0}
+    route = policy.route(replace(turn, cached=truth), loads, now=0, attempts=2)
+    assert route.outcome is Outcome.FOUND
+    assert route.candidates[0] == holder
+    assert route.tokens == 100  # only what is not cached there
+    assert policy.route(Turn(key("c"), 4100), loads, now=1, attempts=1).outcome is Outcome.HOME
+
+
+def test_a_conversation_this_router_placed_is_routed_without_asking() -> None:
+    policy, loads = truth_fleet()
+    policy.route(Turn(key("c"), 1000, first=True), loads, 0, 1)
+    assert not policy.route(Turn(key("c"), 1100), loads, 1, 1).lookup
+
+
+def test_first_turns_never_ask_and_lookup_never_means_never() -> None:
+    policy, loads = truth_fleet()
+    assert not policy.route(Turn(key("c"), 1000, first=True), loads, 0, 1).lookup
+    never, loads = truth_fleet("never")
+    assert not never.route(Turn(key("d"), 1000), loads, 0, 1).lookup
+
+
+def test_with_nothing_cached_anywhere_a_looked_up_turn_is_placed_freely() -> None:
+    policy, loads = truth_fleet()
+    route = policy.route(Turn(key("c"), 1000, cached={}), loads, 0, 1)
+    assert route.outcome is Outcome.PLACED and not route.lookup
+
+
+def test_a_prompt_anchor_key_asks_engine_truth_even_when_the_key_is_known() -> None:
+    policy, loads = truth_fleet()
+    anchor = RoutingKey(KeyKind.PREFIX, "p-shared", hash_point("p-shared"))
+    policy.route(Turn(anchor, 1000, first=True), loads, 0, 1)  # another conversation, same key
+    assert policy.route(Turn(anchor, 1500), loads, 1, 1).lookup
+    holder = REPLICAS[3]
+    truth = dict.fromkeys(REPLICAS, 200.0) | {holder: 1400.0}  # the shared opening everywhere
+    route = policy.route(Turn(anchor, 1500, cached=truth), loads, 1, 1)
+    assert route.candidates == (holder,) and route.outcome is Outcome.FOUND
+
+
+def test_among_replicas_holding_as_much_the_least_pressed_is_chosen() -> None:
+    policy, loads = truth_fleet()
+    busy, idle = REPLICAS[0], REPLICAS[1]
+    loads.start(busy, 30_000)
+    truth = dict.fromkeys(REPLICAS, 0.0) | {busy: 500.0, idle: 500.0}
+    route = policy.route(Turn(key("c"), 2000, cached=truth), loads, 0, 1)
+    assert route.candidates == (idle,) and route.outcome is Outcome.FOUND
+
+
+def test_a_spill_asks_engine_truth_first_and_counts_what_the_target_already_holds() -> None:
+    policy, loads = truth_fleet()
+    home = policy.route(Turn(key("c"), 1000, first=True), loads, 0, 1).candidates[0]
+    loads.start(home, 50_000)
+    assert policy.route(Turn(key("c"), 1100), loads, 1, 1).lookup
+    target = next(r for r in ring_order(policy, "c") if r != home)
+    truth = dict.fromkeys(REPLICAS, 0.0) | {home: 1000.0, target: 600.0}
+    moved = policy.route(Turn(key("c"), 1100, cached=truth), loads, 1, 1)
+    assert moved.outcome is Outcome.SPILLED
+    assert moved.tokens == 1100 - truth[moved.candidates[0]]

@@ -21,6 +21,8 @@ from bench.real.vllm_engines import (
 )
 
 TEST_PORT_BASE = 8181
+# KV-cache events: engine i publishes on 8185 + 2i and replays on the port after it.
+TEST_KV_EVENTS_PORT = 8185
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,7 @@ def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
         base_port=TEST_PORT_BASE,
         log_dir=log_dir,
         env=(("VLLM_ENABLE_RESPONSES_API_STORE", "1"),),
+        kv_events_port=TEST_KV_EVENTS_PORT,
     )
     missing = missing_prerequisites(config)
     if missing:
@@ -46,7 +49,8 @@ def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def vllm_engines(vllm_config: EngineConfig) -> Iterator[EngineFleet]:
-    """Two healthy engines of the tiny model, one per core; stopped at the end of the session."""
+    """Two healthy engines of the tiny model, one per core, publishing KV-cache events; stopped at
+    the end of the session."""
     with running_engines(vllm_config) as fleet:
         yield fleet
 

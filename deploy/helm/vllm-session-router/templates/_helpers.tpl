@@ -75,6 +75,14 @@ at the bundled vLLM headless Service when vLLM is enabled and no replicas were g
 {{- fail "no replicas: set router.config.replica or router.config.replicas_dns, or enable vllm" -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.vllm.enabled .Values.vllm.kvEvents.enabled -}}
+{{- if not $config.kv_events_port -}}
+{{- $_ := set $config "kv_events_port" (int .Values.vllm.kvEvents.port) -}}
+{{- end -}}
+{{- if not $config.kv_replay_port -}}
+{{- $_ := set $config "kv_replay_port" (int .Values.vllm.kvEvents.replayPort) -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
 
