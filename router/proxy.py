@@ -192,7 +192,7 @@ class ProxyHandler:
             turn = replace(turn, cached=cached)
             route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         if upload:  # sent once: no failover once its bytes have left
-            route = Route(route.candidates[:1], route.outcome, route.tokens)
+            route = replace(route, candidates=route.candidates[:1])
         if not route.candidates:
             reply = error_response(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"
@@ -229,11 +229,8 @@ class ProxyHandler:
         """A multipart body to stream through: its declared length is checked, nothing read."""
         if request.content_length is None:
             message = "an upload must declare its Content-Length"
-            return (
-                b"",
-                None,
-                error_response(411, message, "invalid_request_error", "length_required"),
-            )
+            refusal = error_response(411, message, "invalid_request_error", "length_required")
+            return b"", None, refusal
         if request.content_length > self.config.max_body_bytes:
             return b"", None, self.too_large()
         return request.content, None, None
