@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from router.app import FLEET
 from router.core.response_owners import MAX_RESPONSE_ID_CHARS, ResponseOwners, stored_response_id
 from router.stored_responses import body_id, first_event_id
-from tests.conftest import RouterClient, Upstreams
+from tests.conftest import Replica, RouterClient, Upstreams
 
 CHAINS = 8
 TURNS = 4
@@ -211,7 +211,7 @@ async def test_the_replica_holding_a_response_being_out_gives_a_503_not_a_wrong_
 
 
 async def test_a_silent_replica_leaves_the_choice_to_the_policy(
-    upstreams: Upstreams, router: RouterClient, aiohttp_server: Any
+    upstreams: Upstreams, router: RouterClient, replica: Replica
 ) -> None:
     ups = await upstreams(1)
 
@@ -219,14 +219,7 @@ async def test_a_silent_replica_leaves_the_choice_to_the_policy(
         await asyncio.sleep(30)
         return web.Response()
 
-    async def healthy(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    silent = web.Application()
-    silent.router.add_get("/health", healthy)
-    silent.router.add_get("/v1/responses/{id}", hang)
-    server = await aiohttp_server(silent)
-    urls = [ups[0][1], str(server.make_url("")).rstrip("/")]
+    urls = [ups[0][1], await replica(web.get("/v1/responses/{id}", hang))]
     writer = await router(urls[:1])
     reader = await router(urls, responses_locate_timeout=0.3, first_byte_timeout=0.5)
     response_id, _, _ = await create(writer, None, stream=False)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import RouterClient, Upstreams
+from tests.conftest import Replica, RouterClient, Upstreams
 
 PROMPTED = [
     ("/tokenize", {"model": "m", "prompt": "Once upon a time"}),
@@ -180,7 +180,7 @@ async def test_uploads_beyond_the_body_limit_or_without_a_length_are_refused(
 
 
 async def test_an_upload_reaches_the_replica_while_the_client_is_still_sending(
-    router: RouterClient, aiohttp_server: Any
+    router: RouterClient, replica: Replica
 ) -> None:
     half = 64 * 1024
     arrived = asyncio.Event()
@@ -193,14 +193,7 @@ async def test_an_upload_reaches_the_replica_while_the_client_is_still_sending(
                 arrived.set()  # the first half is here: the router did not wait for the rest
         return web.json_response({"text": "ok", "bytes": received})
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    replica = web.Application()
-    replica.router.add_get("/health", health)
-    replica.router.add_post("/v1/audio/transcriptions", transcribe)
-    server = await aiohttp_server(replica)
-    client = await router([str(server.make_url("")).rstrip("/")])
+    client = await router([await replica(web.post("/v1/audio/transcriptions", transcribe))])
 
     async def body() -> Any:
         yield b"x" * half
