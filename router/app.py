@@ -19,12 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from router import metrics
 from router.config import Config
 from router.core.keys import KeyExtractor, KeyRules
+from router.core.response_owners import stored_response_id
 from router.discovery import DnsDiscovery
 from router.fleet import Fleet
 from router.lookup import PromptLookup
-from router.proxy import ProxyHandler, error_response
+from router.proxy import UPLOAD_ROUTES, VLLM_ROUTES, ProxyHandler, error_response
 from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
+from router.stored_responses import RESPONSES_PATH, StoredResponses
 from router.subscriber import EventSubscribers
 
 log = logging.getLogger("router")
@@ -40,6 +42,7 @@ def key_extractor(config: Config) -> KeyExtractor:
         session_headers=tuple(config.session_header),
         session_header_pattern=config.session_header_pattern,
         body_fields=tuple(config.body_key_field),
+        client_conventions=config.client_conventions,
         prefix_chars=config.prefix_chars,
         anchor_max_chars=config.anchor_max_chars,
         use_session_ids=config.key_source == "session",
@@ -62,9 +65,23 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
     async def proxy(request: web.Request) -> web.StreamResponse:
         return await handler["proxy"].handle(request)
 
+    async def stored_response(request: web.Request) -> web.StreamResponse:
+        response_id = stored_response_id(request.match_info["response_id"])
+        return await handler["proxy"].handle(request, stored=response_id)
+
+    async def upload(request: web.Request) -> web.StreamResponse:
+        return await handler["proxy"].handle(request, upload=True)
+
     add_probe_routes(app, fleet.replicas)
     if admin if admin is not None else not config.admin_port:
         add_admin_routes(app, app)
+    # GET/DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items: to the replica holding it
+    app.router.add_route("*", RESPONSES_PATH + "/{response_id}", stored_response)
+    app.router.add_route("*", RESPONSES_PATH + "/{response_id}/{action}", stored_response)
+    for path in UPLOAD_ROUTES:
+        app.router.add_post(path, upload)
+    for path in VLLM_ROUTES:
+        app.router.add_post(path, proxy)
     app.router.add_route("*", "/v1/{tail:.*}", proxy)
     app.router.add_route("*", "/{tail:.*}", not_found)
     app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
@@ -146,6 +163,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         loads=fleet.loads,
         replicas=replicas,
         outliers=fleet.outliers,
+        responses=StoredResponses(config, replicas, session),
         session=session,
         fresh_session=fresh,
         lookup=PromptLookup(fleet.prompts, fleet.blocks) if fleet.prompts else None,

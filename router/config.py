@@ -18,10 +18,8 @@ import yaml
 from router.core.block_index import DEFAULT_CAPACITY
 from router.core.keys import (
     DEFAULT_ANCHOR_MAX_CHARS,
-    DEFAULT_BODY_FIELDS,
     DEFAULT_PREFIX_CHARS,
     DEFAULT_SESSION_HEADER_PATTERN,
-    DEFAULT_SESSION_HEADERS,
     KEY_SOURCES,
 )
 from router.core.loads import LOAD_SIGNALS
@@ -32,6 +30,7 @@ from router.core.placement import (
     DEFAULT_FIRST_TURN_CHOICES,
 )
 from router.core.policies import LOOKUP_MODES, POLICY_NAMES
+from router.core.response_owners import DEFAULT_RESPONSE_OWNERS, DEFAULT_RESPONSE_TTL
 from router.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -159,18 +158,26 @@ class Config:
         group="routing",
     )
     session_header: list[str] = setting(
-        "Session headers in priority order (repeatable; replaces the default list).",
-        default_factory=lambda: list(DEFAULT_SESSION_HEADERS),
+        "Your own session headers, in priority order (repeatable): looked at before the client "
+        "conventions table (README, Keys); per-request ids are never keys.",
+        default_factory=list,
+        group="routing",
+    )
+    client_conventions: bool = setting(
+        "Key on the session headers and body fields that known clients send (Codex, Claude Code, "
+        "Kilo, Roo, Cline, Open WebUI, ...; README, Keys), after your own session headers.",
+        default=True,
         group="routing",
     )
     session_header_pattern: str = setting(
-        "Regex of further session headers ('' disables).",
+        "Regex of further session headers, looked at after the table ('' disables).",
         default=DEFAULT_SESSION_HEADER_PATTERN,
         group="routing",
     )
     body_key_field: list[str] = setting(
-        "Body fields (dotted paths) that carry a session key, in order (repeatable).",
-        default_factory=lambda: list(DEFAULT_BODY_FIELDS),
+        "Your own body fields (dotted paths) that carry a session key, in order (repeatable): "
+        "looked at after every header, before the table's body fields.",
+        default_factory=list,
         group="routing",
     )
     prefix_chars: int = setting(
@@ -181,6 +188,23 @@ class Config:
     anchor_max_chars: int = setting(
         "Longest chat anchor (system prompts + first user message) hashed.",
         default=DEFAULT_ANCHOR_MAX_CHARS,
+        group="routing",
+    )
+    responses_table_size: int = setting(
+        "Most stored Response ids whose replica is remembered (vLLM keeps stored responses in "
+        "the memory of the replica that served them).",
+        default=DEFAULT_RESPONSE_OWNERS,
+        group="routing",
+    )
+    responses_ttl: float = setting(
+        "Seconds a stored Response's replica is remembered after its last use; a forgotten one "
+        "is located by asking the replicas.",
+        default=DEFAULT_RESPONSE_TTL,
+        group="routing",
+    )
+    responses_locate_timeout: float = setting(
+        "Timeout of asking the replicas which one holds a stored Response.",
+        default=5.0,
         group="routing",
     )
     # --- upstream
@@ -317,6 +341,8 @@ class Config:
             raise ConfigError("--max-attempts, --vnodes and --first-turn-choices must be >= 1")
         if self.bytes_per_token <= 0 or self.prefill_rate < 0:
             raise ConfigError("--bytes-per-token must be > 0 and --prefill-rate >= 0")
+        if self.responses_locate_timeout <= 0 or self.responses_ttl < 0:
+            raise ConfigError("--responses-locate-timeout must be > 0 and --responses-ttl >= 0")
         if self.replicas_dns and ":" not in self.replicas_dns:
             raise ConfigError("--replicas-dns takes HOST:PORT")
         if not 0 <= self.kv_events_port < 65536 or not 0 <= self.kv_replay_port < 65536:

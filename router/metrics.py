@@ -32,8 +32,8 @@ REQUESTS = Counter(
 )
 ROUTE_DECISIONS = Counter(
     "router_route_decisions",
-    "Routing decisions by key kind and outcome (home, placed, spilled, sticky_spill, failover, "
-    "no_key, balanced).",
+    "Routing decisions by key kind and outcome (home, placed, found, spilled, sticky_spill, "
+    "failover, no_key, balanced, stored_response).",
     ["key_kind", "outcome"],
 )
 INFLIGHT = Gauge("router_inflight_requests", "Requests in flight through this router.", ["replica"])
@@ -53,6 +53,12 @@ OVERHEAD = Histogram(
     "router_overhead_seconds",
     "Request received to upstream request sent: the router's own cost.",
     buckets=OVERHEAD_BUCKETS,
+)
+STORED_RESPONSES = Counter(
+    "router_stored_responses",
+    "Stored Response ids by event: learned (from a relayed response), located (asked the "
+    "replicas), lost (every healthy replica answered 404), unavailable (its replica is ejected).",
+    ["event"],
 )
 KV_LOOKUPS = Counter(
     "router_kv_lookups",

@@ -28,8 +28,10 @@ from router.core.keys import KeyExtractor, RoutingKey, opens_conversation, redac
 from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
 from router.core.policies import Outcome, Policy, Route, Turn
+from router.core.response_owners import stored_response_id
 from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
+from router.stored_responses import RESPONSES_PATH, Found, StoredResponses
 
 log = logging.getLogger("router.proxy")
 
@@ -40,11 +42,24 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 JSON_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
-)
+    {
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+        "/v1/messages", "/v1/messages/count_tokens", "/tokenize", "/detokenize", "/pooling",
+        "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
+        "/inference/v1/generate",
+    }
+)  # fmt: skip
+# vLLM's endpoints outside /v1/ (which is forwarded whole), served like /v1/*.
+VLLM_ROUTES = (
+    "/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank",
+    "/inference/v1/generate",
+)  # fmt: skip
+# Multipart uploads: streamed through to one replica as they arrive, never held or parsed.
+UPLOAD_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 RETRY_STATUSES = frozenset({502, 503})
 SSE_ERROR_PREFIX = b"event: error\ndata: "
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
+Body = bytes | aiohttp.StreamReader  # read whole, or an upload streaming through
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -90,6 +105,7 @@ class ProxyHandler:
         loads: Loads,
         replicas: ReplicaSet,
         outliers: OutlierDetector,
+        responses: StoredResponses,
         session: aiohttp.ClientSession,
         fresh_session: aiohttp.ClientSession,
         lookup: PromptLookup | None = None,
@@ -100,6 +116,7 @@ class ProxyHandler:
         self.loads = loads
         self.replicas = replicas
         self.outliers = outliers
+        self.responses = responses
         self.lookup = lookup  # engine truth, when the policy is in doubt
         self.session = session
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
@@ -109,14 +126,18 @@ class ProxyHandler:
         self.api_keys = tuple(key.encode() for key in config.api_key)
         self.inflight = 0
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(
+        self, request: web.Request, stored: str | None = None, upload: bool = False
+    ) -> web.StreamResponse:
+        """`stored`: the response id of a `/v1/responses/{id}` path; `upload`: a multipart body
+        to stream through."""
         received = time.perf_counter()
         refusal = self.admission(request)
         if refusal is not None:
             return self.finish(refusal, "none", None, received)
         self.inflight += 1
         try:
-            return await self.route_and_forward(request, received)
+            return await self.route_and_forward(request, received, stored, upload)
         finally:
             self.inflight -= 1
 
@@ -142,19 +163,36 @@ class ProxyHandler:
         matches = [hmac.compare_digest(offered, key) for key in self.api_keys]
         return any(matches)
 
-    async def route_and_forward(self, request: web.Request, received: float) -> web.StreamResponse:
-        # --- parse once
-        body, parsed, problem = await self.read_body(request)
+    async def route_and_forward(
+        self, request: web.Request, received: float, stored: str | None, upload: bool
+    ) -> web.StreamResponse:
+        # --- parse once (an upload is not read here: it streams through as it arrives)
+        body: Body
+        if upload:
+            body, parsed, problem = self.upload_body(request)
+            size = request.content_length or 0
+        else:
+            data, parsed, problem = await self.read_body(request)
+            body, size = data, len(data)
         if problem is not None:
             return self.finish(problem, "none", None, received)
         key = self.extractor.extract(request.headers, parsed)
-        turn = Turn(key, len(body) / self.bytes_per_token, opens_conversation(parsed))
-        # --- choose
-        route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
+        turn = Turn(key, size / self.bytes_per_token, opens_conversation(parsed))
+        # --- choose: the replica holding a stored Response first (correctness), else the policy
+        previous = parsed.get("previous_response_id") if type(parsed) is dict else None
+        if stored is None and previous is None:
+            route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
+        else:
+            chosen = await self.route_stored(request, stored, previous, turn)
+            if isinstance(chosen, web.Response):
+                return self.finish(chosen, key.kind.value, None, received)
+            route = chosen
         if route.lookup and self.lookup is not None:  # in doubt: ask engine truth, then again
             cached = await self.lookup.cached(request.path, parsed, turn.tokens)
             turn = replace(turn, cached=cached)
             route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
+        if upload:  # sent once: no failover once its bytes have left
+            route = replace(route, candidates=route.candidates[:1])
         if not route.candidates:
             reply = error_response(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"
@@ -187,6 +225,46 @@ class ProxyHandler:
             message = f"request body is not valid JSON: {str(error)[:200]}"
             return body, None, error_response(400, message, "invalid_request_error", "invalid_json")
 
+    def upload_body(self, request: web.Request) -> tuple[Body, None, web.Response | None]:
+        """A multipart body to stream through: its declared length is checked, nothing read."""
+        if request.content_length is None:
+            message = "an upload must declare its Content-Length"
+            refusal = error_response(411, message, "invalid_request_error", "length_required")
+            return b"", None, refusal
+        if request.content_length > self.config.max_body_bytes:
+            return b"", None, self.too_large()
+        return request.content, None, None
+
+    async def route_stored(
+        self, request: web.Request, stored: str | None, previous: Any, turn: Turn
+    ) -> Route | web.Response:
+        """To the replica holding the stored Response a path names (`stored`) or a turn continues
+        (`previous`) (docs/design.md, "Stored Responses"). A turn that continues one feeds
+        placement: its conversation's cache is there too."""
+        now = time.monotonic()
+        response_id = stored or stored_response_id(previous)
+        if response_id is None:  # not an id worth looking up: the replica will say so
+            return self.policy.route(turn, self.loads, now, self.config.max_attempts)
+        owner = await self.responses.owner(response_id, self.replica_auth(request))
+        if owner.found is Found.LOST:  # no healthy replica holds it: vLLM's own 404
+            return web.Response(status=404, body=owner.not_found, content_type="application/json")
+        if owner.found is Found.UNAVAILABLE:
+            reply = error_response(
+                503, "the replica holding this response is unavailable", "service_unavailable"
+            )
+            reply.headers["Retry-After"] = "1"
+            return reply
+        if owner.replica is None:  # cannot tell: the policy's choice answers for itself
+            return self.policy.route(turn, self.loads, now, self.config.max_attempts)
+        if stored is None:
+            self.policy.moved(turn, owner.replica, now)
+        return Route((owner.replica,), Outcome.STORED_RESPONSE, turn.tokens)
+
+    def replica_auth(self, request: web.Request) -> dict[str, str]:
+        """The client's Authorization when it passes through to vLLM (no router keys)."""
+        auth = request.headers.get("Authorization")
+        return {"Authorization": auth} if auth and not self.api_keys else {}
+
     def is_json(self, request: web.Request) -> bool:
         return request.path in JSON_ROUTES or request.content_type == "application/json"
 
@@ -202,7 +280,7 @@ class ProxyHandler:
     async def forward(
         self,
         request: web.Request,
-        body: bytes,
+        body: Body,
         turn: Turn,
         route: Route,
         received: float,
@@ -274,7 +352,7 @@ class ProxyHandler:
         return headers
 
     async def open(
-        self, request: web.Request, url: str, body: bytes, headers: dict[str, str]
+        self, request: web.Request, url: str, body: Body, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """Send the request and wait for the response headers (the first byte)."""
         target = url + request.rel_url.raw_path_qs
@@ -286,8 +364,12 @@ class ProxyHandler:
                     "connect", 502, f"cannot connect to replica: {error}"
                 ) from error
             # A pooled keep-alive connection the replica had just closed: same replica, fresh
-            # connection, so the conversation keeps its cache.
+            # connection, so the conversation keeps its cache. An upload cannot be sent twice.
             metrics.UPSTREAM_ERRORS.labels(url, "stale_connection").inc()
+            if not isinstance(body, bytes):
+                raise UpstreamFailure(
+                    "connect", 502, f"replica dropped the upload: {error}"
+                ) from error
             try:
                 return await self._send(self.fresh_session, request.method, target, body, headers)
             except aiohttp.ClientError as retry_error:
@@ -304,7 +386,7 @@ class ProxyHandler:
         session: aiohttp.ClientSession,
         method: str,
         target: str,
-        body: bytes,
+        body: Body,
         headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
         async with deadline(self.config.first_byte_timeout):
@@ -336,16 +418,18 @@ class ProxyHandler:
             await response.prepare(request)
             first = True
             ends_event = True
+            if status == 200 and request.path == RESPONSES_PATH:
+                # A created Response: learn where it is stored from its head, then relay that.
+                head = await self.responses.learn(upstream.content, is_sse, url)
+                if head:
+                    await response.write(head)
+                    self.first_chunk(ticket, received, is_sse)
+                    first = False
+                    ends_event = head.endswith(b"\n\n")
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
                 if first:
-                    ttft = time.perf_counter() - received
-                    metrics.TTFT.labels(url).observe(ttft)
-                    # A stream's first chunk ends prefill; a plain body's first chunk ends it all.
-                    self.loads.first_token(ticket, ttft if is_sse else None)
-                    slow = self.outliers.observe(url, ttft, time.monotonic())
-                    if slow is not None:
-                        self.replicas.eject(url, time.monotonic(), slow)
+                    self.first_chunk(ticket, received, is_sse)
                     first = False
                 ends_event = chunk.endswith(b"\n\n")
             await response.write_eof()
@@ -374,6 +458,17 @@ class ProxyHandler:
         if self.debug:
             self.log_request(request, url, kind, outcome.value, upstream.status, received)
         return response
+
+    def first_chunk(self, ticket: Ticket, received: float, is_sse: bool) -> None:
+        """The first bytes reached the client: time to first token, and the load it ends."""
+        url = ticket.account.url
+        ttft = time.perf_counter() - received
+        metrics.TTFT.labels(url).observe(ttft)
+        # A stream's first chunk ends prefill; a plain body's first chunk ends it all.
+        self.loads.first_token(ticket, ttft if is_sse else None)
+        slow = self.outliers.observe(url, ttft, time.monotonic())
+        if slow is not None:
+            self.replicas.eject(url, time.monotonic(), slow)
 
     async def end_broken_stream(
         self, request: web.Request, response: web.StreamResponse, is_sse: bool, ends_event: bool

@@ -51,6 +51,26 @@ def upstreams(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstreams
     return start
 
 
+Replica = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def replica(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Replica:
+    """A healthy replica made of the given routes (`web.post(path, handler)`, ...): its URL."""
+
+    async def healthy(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def start(*routes: web.RouteDef) -> str:
+        app = web.Application()
+        app.router.add_get("/health", healthy)
+        app.router.add_routes(routes)
+        server = await aiohttp_server(app)
+        return str(server.make_url("")).rstrip("/")
+
+    return start
+
+
 RouterClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 

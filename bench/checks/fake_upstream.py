@@ -3,7 +3,9 @@
 Not a model of vLLM (that is bench/mock_vllm): this one exists to make proxy behaviour easy to
 provoke and observe: it streams `chunks` SSE chunks, can answer a status, hang before the first
 byte, or die mid-stream, records what it received and whether a client went away, and serves
-vLLM-style prefix-cache counters on /metrics. Tests run it in-process (`FakeUpstream.app()`);
+vLLM-style prefix-cache counters on /metrics. It also stores Responses in its own memory as vLLM
+does (`/v1/responses`, `/v1/responses/{id}`), answers `/v1/messages`, and echoes vLLM's other
+endpoints (`ECHOED`). Tests run it in-process (`FakeUpstream.app()`);
 bench/checks/overhead.py and the fault-injection suite run it as a process:
 
     python -m bench.checks.fake_upstream --port 9001 [--chunks 50] [--fault-control]
@@ -20,6 +22,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,14 @@ class Behaviour:
     chunk_padding: int = 0  # extra bytes per chunk
 
 
+# vLLM endpoints the fake answers by echoing what it received (path, size, content type).
+ECHOED = (
+    "/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/v1/score", "/rerank",
+    "/v1/rerank", "/v2/rerank", "/inference/v1/generate", "/v1/audio/transcriptions",
+    "/v1/audio/translations", "/v1/messages/count_tokens",
+)  # fmt: skip
+
+
 @dataclass
 class Seen:
     # The latest requests only: a long load must not grow the upstream without bound.
@@ -60,6 +71,8 @@ class FakeUpstream:
         self.hits = 0
         self.queries = 0
         self.cancel_event = asyncio.Event()
+        # Like vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1: stored responses live in this process.
+        self.stored: dict[str, dict[str, Any]] = {}
 
     def app(self, fault_control: bool = False) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -69,6 +82,12 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/v1/responses", self.create_response)
+        app.router.add_route("*", "/v1/responses/{response_id}", self.stored_response)
+        app.router.add_route("*", "/v1/responses/{response_id}/{action}", self.stored_response)
+        app.router.add_post("/v1/messages", self.messages)
+        for path in ECHOED:
+            app.router.add_post(path, self.echo)
         if fault_control:
             app.router.add_post("/_fault", self.set_fault)
         return app
@@ -177,6 +196,123 @@ class FakeUpstream:
         finally:
             self.seen.running -= 1
         return response
+
+    # --- vLLM's other APIs: stored Responses, Anthropic Messages, endpoints echoed back
+
+    def record(self, request: web.Request, body: Any) -> None:
+        self.seen.requests.append(
+            {"headers": dict(request.headers), "body": body, "path": request.path}
+        )
+
+    async def create_response(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/responses: stored in this process, as vLLM stores them (at the end)."""
+        body = await request.json()
+        self.record(request, body)
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            return response_not_found(previous)
+        response = {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "previous_response_id": previous,
+            "status": "completed",
+            "output": [{"type": "message", "role": "assistant", "content": "ok"}],
+        }
+        if not body.get("stream"):
+            if body.get("store", True):
+                self.stored[response["id"]] = response
+            return web.json_response(response, headers={"x-served-by": self.name})
+        reply = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-served-by": self.name}
+        )
+        await reply.prepare(request)
+        created = {"response": {**response, "status": "in_progress"}, "type": "response.created"}
+        # The first event split over two writes: the router must join it before reading it.
+        first = f"event: response.created\ndata: {json.dumps(created)}\n\n".encode()
+        await reply.write(first[:20])
+        await reply.write(first[20:])
+        for i in range(self.behaviour.chunks):
+            delta = {"type": "response.output_text.delta", "delta": f"t{i}"}
+            await reply.write(f"event: {delta['type']}\ndata: {json.dumps(delta)}\n\n".encode())
+        if body.get("store", True):
+            self.stored[response["id"]] = response
+        done = {"response": response, "type": "response.completed"}
+        await reply.write(f"event: response.completed\ndata: {json.dumps(done)}\n\n".encode())
+        await reply.write_eof()
+        return reply
+
+    async def stored_response(self, request: web.Request) -> web.Response:
+        """GET/DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items."""
+        await request.read()
+        self.record(request, None)
+        response_id = request.match_info["response_id"]
+        stored = self.stored.get(response_id)
+        if stored is None:
+            return response_not_found(response_id)
+        action = request.match_info.get("action")
+        if request.method == "DELETE" and action is None:
+            del self.stored[response_id]
+            return web.json_response({"id": response_id, "object": "response", "deleted": True})
+        if action == "input_items":
+            return web.json_response({"object": "list", "data": []})
+        if action == "cancel":
+            stored["status"] = "cancelled"
+        return web.json_response(stored, headers={"x-served-by": self.name})
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/messages, as vLLM's Anthropic-compatible endpoint answers it."""
+        body = await request.json()
+        self.record(request, body)
+        message = {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        }
+        if not body.get("stream"):
+            return web.json_response(message, headers={"x-served-by": self.name})
+        reply = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-served-by": self.name}
+        )
+        await reply.prepare(request)
+        text = {"type": "text", "text": ""}
+        delta = {"type": "text_delta", "text": "ok"}
+        events: list[dict[str, Any]] = [
+            {"type": "message_start", "message": {**message, "content": []}},
+            {"type": "content_block_start", "index": 0, "content_block": text},
+            {"type": "content_block_delta", "index": 0, "delta": delta},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+            {"type": "message_stop"},
+        ]
+        for event in events:
+            await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        await reply.write_eof()
+        return reply
+
+    async def echo(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        json_body = request.content_type == "application/json"
+        self.record(request, json.loads(raw) if json_body and raw else None)
+        self.seen.requests[-1]["raw"] = raw
+        return web.json_response(
+            {"path": request.path, "bytes": len(raw), "content_type": request.content_type},
+            headers={"x-served-by": self.name},
+        )
+
+
+def response_not_found(response_id: str) -> web.Response:
+    """vLLM's own answer for a response id it does not hold."""
+    error = {
+        "message": f"Response with id '{response_id}' not found.",
+        "type": "invalid_request_error",
+        "param": "response_id",
+        "code": 404,
+    }
+    return web.json_response({"error": error}, status=404)
 
 
 def main() -> None:

@@ -84,6 +84,8 @@ class EngineConfig:
     one_at_a_time: bool = False
     # Ask the kernel to SIGTERM the API server if the launching thread dies (even by SIGKILL).
     die_with_parent: bool = True
+    # More environment for each engine, e.g. (("VLLM_ENABLE_RESPONSES_API_STORE", "1"),).
+    env: tuple[tuple[str, str], ...] = ()
     # KV-cache events (docs/design.md, Engine truth): engine i publishes on kv_events_port + 2i
     # and answers replay requests on the port after it; None: no events.
     kv_events_port: int | None = None
@@ -215,9 +217,10 @@ def engine_command(config: EngineConfig, port: int, index: int = 0) -> list[str]
     ]
 
 
-def engine_env(core: int | None) -> dict[str, str]:
+def engine_env(core: int | None, extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
     env.update(ENGINE_ENV)
+    env.update(extra)
     if core is not None:
         # Without an explicit bind, every engine's OpenMP threads land on core 0.
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
@@ -254,7 +257,7 @@ def _launch(config: EngineConfig, index: int) -> Engine:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=engine_env(core if config.pin_cores else None),
+            env=engine_env(core if config.pin_cores else None, config.env),
             cwd=ROOT,
             start_new_session=True,
             preexec_fn=_die_with_parent if config.die_with_parent else None,

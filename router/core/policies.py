@@ -47,6 +47,7 @@ class Outcome(str, Enum):
     FAILOVER = "failover"  # its replica is out, or the first candidate failed before any byte
     NO_KEY = "no_key"  # nothing to hash: least loaded
     BALANCED = "balanced"  # a policy that ignores keys (round_robin, random, least_loaded)
+    STORED_RESPONSE = "stored_response"  # to the replica holding the stored Response it names
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -74,10 +75,11 @@ class LiveRouter:
         headers: Sequence[tuple[str, str | bytes]] = (),
         path: str = CHAT,
         content_type: bytes | None = b"application/json",
+        method: str = "POST",
     ) -> Answer:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            connection.putrequest("POST", path, skip_accept_encoding=True)
+            connection.putrequest(method, path, skip_accept_encoding=True)
             if content_type is not None:
                 connection.putheader("Content-Type", content_type)
             connection.putheader("Content-Length", str(len(body)))
@@ -248,6 +250,29 @@ chat_bodies = st.fixed_dictionaries(
         | json_values,
     },
 )
+# vLLM's other routes and the fields that route them: Messages, Responses (stored ones too),
+# tokenize, pooling, score, rerank, generate.
+OTHER_ROUTES = [
+    "/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/tokenize", "/detokenize",
+    "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v2/rerank",
+    "/inference/v1/generate",
+]  # fmt: skip
+other_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": json_values,
+        "messages": messages | json_values,
+        "system": st.text(max_size=40) | content_parts | json_values,
+        "metadata": st.fixed_dictionaries({}, optional={"user_id": st.text() | json_values}),
+        "input": st.text(max_size=40) | messages | json_values,
+        "instructions": json_values,
+        "previous_response_id": st.text(max_size=40) | json_values,
+        "token_ids": st.lists(st.integers()) | json_values,
+        "query": json_values,
+        "text_1": json_values,
+        "stream": st.booleans() | json_values,
+    },
+)
 session_names = st.sampled_from(
     [
         "X-Session-Id",
@@ -395,6 +420,55 @@ def test_clients_leaving_at_any_point_leave_nothing_in_flight(live: LiveRouter) 
             sock.sendall(request[:cut])
             if cut == len(request) and read:
                 sock.recv(read)  # part of the answer, then gone
+
+    check()
+    assert_clean(live)
+
+
+def test_wrong_types_on_vllms_other_routes_are_forwarded_or_rejected_clearly(
+    live: LiveRouter,
+) -> None:
+    @FUZZ
+    @given(body=other_bodies, path=st.sampled_from(OTHER_ROUTES))
+    def check(body: dict[str, Any], path: str) -> None:
+        assert_answered_properly(live.send(json.dumps(body).encode(), path=path))
+
+    check()
+    assert_clean(live)
+
+
+def test_any_stored_response_id_in_a_path_is_forwarded_or_rejected_clearly(
+    live: LiveRouter,
+) -> None:
+    @settings(max_examples=150, deadline=None)
+    @given(
+        response_id=st.text(min_size=1, max_size=300),
+        request=st.sampled_from([("GET", ""), ("DELETE", ""), ("POST", "/cancel"),
+                                 ("GET", "/input_items")]),
+    )  # fmt: skip
+    def check(response_id: str, request: tuple[str, str]) -> None:
+        method, suffix = request
+        path = f"/v1/responses/{quote(response_id, safe='')}{suffix}"
+        assert_answered_properly(live.send(b"", path=path, method=method, content_type=None))
+
+    check()
+    assert_clean(live)
+
+
+def test_any_bytes_as_an_upload_are_streamed_through_or_rejected_clearly(
+    live: LiveRouter,
+) -> None:
+    @settings(max_examples=100, deadline=None)
+    @given(
+        body=st.binary(max_size=4000),
+        path=st.sampled_from(["/v1/audio/transcriptions", "/v1/audio/translations"]),
+        content_type=st.sampled_from(
+            [b"multipart/form-data; boundary=x", b"multipart/form-data", b"application/json",
+             b"\xff", None]
+        ),
+    )  # fmt: skip
+    def check(body: bytes, path: str, content_type: bytes | None) -> None:
+        assert_answered_properly(live.send(body, path=path, content_type=content_type))
 
     check()
     assert_clean(live)

@@ -28,11 +28,14 @@ TEST_KV_EVENTS_PORT = 8185
 @pytest.fixture(scope="session")
 def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
     log_dir = Path(os.environ.get("VLLM_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
+    # The Responses store on: stored responses live in each engine's memory, as in production
+    # set-ups that use previous_response_id (tests/vllm/test_responses_and_messages.py).
     config = EngineConfig(
         model="tiny",
         count=2,
         base_port=TEST_PORT_BASE,
         log_dir=log_dir,
+        env=(("VLLM_ENABLE_RESPONSES_API_STORE", "1"),),
         kv_events_port=TEST_KV_EVENTS_PORT,
     )
     missing = missing_prerequisites(config)
