@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -197,9 +198,35 @@ WORK = WorkCollector()
 REGISTRY.register(WORK)
 
 
+class Children:
+    """A labelled metric's children by label values, each looked up once: `labels()` takes a
+    lock and builds its key on every call, and the request path calls it several times."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def clear(self) -> None:
+        self._children.clear()
+
+
+requests = Children(REQUESTS)
+decisions = Children(ROUTE_DECISIONS)
+inflight = Children(INFLIGHT)
+ttft = Children(TTFT)
+
+
 def forget_replica(replica: str) -> None:
     """Drop a departed replica's series: with DNS discovery, pods that come back under new
     addresses would otherwise add series without bound."""
+    for children in (requests, decisions, inflight, ttft):
+        children.clear()  # they may hold the departed replica's: looked up afresh
     for metric, label_names in PER_REPLICA:
         for family in metric.collect():
             stale = {

@@ -14,13 +14,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from router import metrics
 from router.config import Config
@@ -57,6 +58,7 @@ VLLM_ROUTES = (
 # Multipart uploads: streamed through to one replica as they arrive, never held or parsed.
 UPLOAD_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 RETRY_STATUSES = frozenset({502, 503})
+JSON = msgspec.json.Decoder()  # the same values as json.loads, 2-6x faster on request bodies
 SSE_ERROR_PREFIX = b"event: error\ndata: "
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 Body = bytes | aiohttp.StreamReader  # read whole, or an upload streaming through
@@ -207,8 +209,11 @@ class ProxyHandler:
         ):
             return b"", None, self.too_large()
         try:
-            async with deadline(self.config.client_idle_timeout):
+            if request.content.is_eof():  # all of it arrived with the headers: nothing to wait
                 body = await request.read()
+            else:
+                async with deadline(self.config.client_idle_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return b"", None, self.too_large()
         except asyncio.TimeoutError:
@@ -220,7 +225,7 @@ class ProxyHandler:
         if request.method != "POST" or not body or not self.is_json(request):
             return body, None, None
         try:
-            return body, json.loads(body), None
+            return body, JSON.decode(body), None
         except (ValueError, RecursionError) as error:
             message = f"request body is not valid JSON: {str(error)[:200]}"
             return body, None, error_response(400, message, "invalid_request_error", "invalid_json")
@@ -287,19 +292,19 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         key = turn.key
         kind = key.kind.value
-        metrics.ROUTE_DECISIONS.labels(kind, route.outcome.value).inc()
+        metrics.decisions(kind, route.outcome.value).inc()
         headers = self.upstream_headers(request.headers, key)
         failure: UpstreamFailure | None = None
         for attempt, url in enumerate(route.candidates):
             if attempt:
-                metrics.ROUTE_DECISIONS.labels(kind, Outcome.FAILOVER.value).inc()
+                metrics.decisions(kind, Outcome.FAILOVER.value).inc()
             replica = self.replicas.get(url)
             # The first candidate was chosen knowing what it holds; a failover prefills it all.
             tokens = route.tokens if attempt == 0 else turn.tokens
             ticket = self.loads.start(url, tokens) if replica is not None else None
             if replica is None or ticket is None:
                 continue
-            metrics.INFLIGHT.labels(url).inc()
+            metrics.inflight(url).inc()
             try:
                 if attempt == 0:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
@@ -328,7 +333,7 @@ class ProxyHandler:
                 self.replicas.record_failure(url, time.monotonic(), str(error))
             finally:
                 if self.loads.finish(ticket):
-                    metrics.INFLIGHT.labels(url).dec()
+                    metrics.inflight(url).dec()
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
         message = f"no replica could serve the request: {failure}" if failure else "no replica"
@@ -336,14 +341,11 @@ class ProxyHandler:
         return self.finish(reply, kind, None, received)
 
     def upstream_headers(self, incoming: CIMultiDictProxy[str], key: RoutingKey) -> dict[str, str]:
-        connection_named = {
-            token.strip().lower() for token in incoming.get("Connection", "").split(",")
-        }
-        headers = {
-            name: value
-            for name, value in incoming.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() not in connection_named
-        }
+        dropped: Collection[str] = HOP_BY_HOP
+        connection = incoming.get("Connection")
+        if connection:  # headers it names are hop-by-hop too
+            dropped = HOP_BY_HOP | {token.strip().lower() for token in connection.split(",")}
+        headers = {name: value for name, value in incoming.items() if name.lower() not in dropped}
         if self.api_keys:
             headers.pop("Authorization", None)  # the router's key is not the replicas' business
         if not key.is_none:
@@ -403,10 +405,13 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
         url = ticket.account.url
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream.headers.items():
-            if name.lower() not in HOP_BY_HOP:
-                response.headers.add(name, value)
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=CIMultiDict(
+                [item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP]
+            ),
+        )
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         if self.config.route_headers:
@@ -463,7 +468,7 @@ class ProxyHandler:
         """The first bytes reached the client: time to first token, and the load it ends."""
         url = ticket.account.url
         ttft = time.perf_counter() - received
-        metrics.TTFT.labels(url).observe(ttft)
+        metrics.ttft(url).observe(ttft)
         # A stream's first chunk ends prefill; a plain body's first chunk ends it all.
         self.loads.first_token(ticket, ttft if is_sse else None)
         slow = self.outliers.observe(url, ttft, time.monotonic())
@@ -501,7 +506,7 @@ class ProxyHandler:
         return reply
 
     def record(self, url: str | None, kind: str, status: int, received: float) -> None:
-        metrics.REQUESTS.labels(url or "none", kind, str(status)).inc()
+        metrics.requests(url or "none", kind, str(status)).inc()
         metrics.DURATION.observe(time.perf_counter() - received)
 
     def log_request(
