@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check router bench tests
-	$(BIN)/ruff format --check router bench tests
+	$(BIN)/ruff check router bench tests deploy
+	$(BIN)/ruff format --check router bench tests deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,7 +36,8 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python -m bench.checks.soak $(SOAK_ARGS)
 
-# Offline checks of the Helm chart and the Grafana dashboard (deploy/check.py); no cluster needed.
+# Offline checks of the Helm chart, the Grafana dashboard and the Prometheus rules (deploy/check.py,
+# promtool); no cluster needed.
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 
 $(DEPLOY_STAMP): $(STAMP)
@@ -46,9 +47,9 @@ $(DEPLOY_STAMP): $(STAMP)
 helm-check: $(DEPLOY_STAMP)
 	$(BIN)/ruff check deploy
 	$(BIN)/ruff format --check deploy
-	$(BIN)/mypy deploy/check.py
+	$(BIN)/mypy deploy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python deploy/check.py
+	$(BIN)/python -m deploy.check
 
 # The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
 # bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.

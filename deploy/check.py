@@ -1,8 +1,10 @@
 """Offline checks of the Helm chart, the Grafana dashboard and their agreement with the router.
 
-Run by `make helm-check`. Needs no cluster and no helm binary: Helm's Go engine comes with the
-PyPI package helm-python-sdk (a bundled libhelm_c), and Kubernetes' OpenAPI schemas with
-kubernetes-validate. Every problem found is printed; the exit status is 1 if there was any.
+Run by `make helm-check` (`python -m deploy.check`). Needs no cluster and no helm binary: Helm's
+Go engine comes with the PyPI package helm-python-sdk (a bundled libhelm_c), and Kubernetes'
+OpenAPI schemas with kubernetes-validate; promtool (Debian's prometheus package, installed when
+missing) checks and unit-tests the rules. Every problem found is printed; the exit status is 1 if
+there was any.
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, RULES
+from deploy.checks.report import Report
+from deploy.checks.rules import check_rules, rule_groups
 from router import vllm_names
 from router.cli import load_config
 from router.config import Config, coerce, default_of
 
-ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "deploy" / "helm" / "vllm-session-router"
-DASHBOARD = CHART / "dashboards" / "vllm-session-router.json"
-DASHBOARD_COPY = ROOT / "deploy" / "grafana" / "vllm-session-router.json"
 EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
 KUBE_VERSION = "1.34.0"
 # API groups of custom resources: kubernetes-validate has no schema for them.
@@ -69,6 +70,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "vllm": {"enabled": False},
     "autoscaling": {"enabled": True},
     "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     "imagePullSecrets": [{"name": "registry"}],
 }
 # Values the chart must refuse, and why.
@@ -85,26 +87,6 @@ PROMQL_WORDS = {
     *("and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"),
     *("offset", "bool", "inf", "nan", "Inf", "NaN"),
 }
-
-
-class Report:
-    """Collects problems; one line per check passed, one per problem."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def ok(self, what: str) -> None:
-        print(f"ok    {what}")
-
-    def fail(self, what: str) -> None:
-        self.problems.append(what)
-        print(f"FAIL  {what}")
-
-    def expect(self, condition: bool, what: str, problem: str) -> None:
-        if condition:
-            self.ok(what)
-        else:
-            self.fail(f"{what}: {problem}")
 
 
 def help_flags() -> set[str]:
@@ -307,6 +289,7 @@ def check_chart(report: Report) -> None:
         check_router_pods(report, label, docs)
         if label == "default values":
             check_dashboard_config_map(report, docs)
+        check_prometheus_rule(report, label, docs)
     for label, overrides in MUST_FAIL.items():
         try:
             render(overrides)
@@ -327,6 +310,18 @@ def check_dashboard_config_map(report: Report, docs: Docs) -> None:
         and content.strip() == DASHBOARD.read_text().strip(),
         "dashboard ConfigMap carries the sidecar label and the dashboard file",
         "label grafana_dashboard=1 missing or content differs",
+    )
+
+
+def check_prometheus_rule(report: Report, label: str, docs: Docs) -> None:
+    """A PrometheusRule, when rendered, holds the rule file's groups as they are."""
+    rules = by_kind(docs, "PrometheusRule")
+    if not rules:
+        return
+    report.expect(
+        len(rules) == 1 and rules[0]["spec"] == {"groups": rule_groups()},
+        f"{label}: the PrometheusRule holds the groups of {RULES.relative_to(ROOT)}",
+        f"{len(rules)} PrometheusRule(s), or a spec that differs from the file",
     )
 
 
@@ -457,15 +452,11 @@ def main() -> None:
         help="read router metrics from this URL instead of starting the router",
     )
     args = parser.parse_args()
-    started = time.monotonic()
     report = Report()
     check_chart(report)
+    check_rules(report)
     check_dashboard(report, args.metrics_url)
-    took = time.monotonic() - started
-    if report.problems:
-        print(f"\n{len(report.problems)} problem(s) in {took:.1f} s")
-        raise SystemExit(1)
-    print(f"\nall deployment checks passed in {took:.1f} s")
+    report.finish("deployment checks")
 
 
 if __name__ == "__main__":
