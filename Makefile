@@ -57,6 +57,12 @@ helm-check: $(DEPLOY_STAMP)
 dashboard-check: $(DEPLOY_STAMP)
 	$(BIN)/python -m deploy.checks.dashboard
 
+# The Dockerfile built with podman and run as the chart runs it (deploy/checks/image.py): needs
+# root; installs podman, runc and debootstrap with apt-get when missing; the Debian base image is
+# cached in .cache/image-check/ (about 2.5 minutes to make, then seconds).
+image-check: $(STAMP)
+	$(BIN)/python -m deploy.checks.image
+
 # The main benchmark (docs/benchmark.md): 4 CPU mock replicas, 4 policies, ~6 minutes; results in
 # bench/results/latest/. BENCH_ARGS passes more flags, e.g. BENCH_ARGS='--replicas URL,URL'.
 bench: $(STAMP)

@@ -12,5 +12,7 @@ CHART = ROOT / "deploy" / "helm" / "vllm-session-router"
 # helm-check` fails while deploy/grafana/'s copy differs from it.
 DASHBOARD = CHART / "dashboards" / "vllm-session-router.json"
 DASHBOARD_COPY = ROOT / "deploy" / "grafana" / "vllm-session-router.json"
+# Where the chart mounts the router's config file (its ConfigMap) and points --config.
+ROUTER_CONFIG = Path("/etc/vllm-session-router/config.yaml")
 RULES = CHART / "rules" / "vllm-session-router.rules.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "rules.test.yaml"

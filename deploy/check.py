@@ -29,7 +29,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, RULES
+from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, ROUTER_CONFIG, RULES
 from deploy.checks.chart import Docs, by_kind, documents, render
 from deploy.checks.panels import all_exprs, metric_names, substitute
 from deploy.checks.report import Report
@@ -42,7 +42,6 @@ EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
 KUBE_VERSION = "1.34.0"
 # API groups of custom resources: kubernetes-validate has no schema for them.
 CRD_GROUPS = ("monitoring.coreos.com/",)
-CONFIG_PATH = "/etc/vllm-session-router/config.yaml"
 
 # Values that turn on every optional part of the chart (and use static replicas).
 EVERYTHING_ON: dict[str, Any] = {
@@ -198,8 +197,8 @@ def check_router_pods(report: Report, label: str, docs: Docs) -> None:
         problems.append("readiness probe is not GET /ready")
     if container["livenessProbe"]["httpGet"]["path"] != "/health":
         problems.append("liveness probe is not GET /health")
-    if container["args"][:2] != ["--config", CONFIG_PATH]:
-        problems.append("the router is not started with --config " + CONFIG_PATH)
+    if container["args"][:2] != ["--config", str(ROUTER_CONFIG)]:
+        problems.append(f"the router is not started with --config {ROUTER_CONFIG}")
     if pod["terminationGracePeriodSeconds"] < stop_sleep + config.drain_seconds + 1:
         problems.append("terminationGracePeriodSeconds leaves no time to drain")
     if not pod["securityContext"].get("runAsNonRoot"):

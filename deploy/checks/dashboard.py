@@ -37,7 +37,7 @@ from deploy.checks.host import CheckError, ensure_installed
 from deploy.checks.panels import annotation_queries, panel_queries, variables
 from deploy.checks.prometheus import Prometheus, PromQLError, start_prometheus
 from deploy.checks.queries import check_query, check_rules_evaluate, variable_values
-from deploy.checks.report import Report
+from deploy.checks.report import Report, run_check
 
 LOAD_SECONDS = 15.0
 TARGETS_TIMEOUT = 30.0  # seconds for Prometheus to scrape every target once
@@ -135,6 +135,7 @@ def log_tail(path: Path, lines: int = 12) -> str:
 
 
 def check(report: Report, load_seconds: float) -> None:
+    ensure_installed({"prometheus": "prometheus"})
     dashboard = json.loads(DASHBOARD.read_text())
     since = time.time()
     with tempfile.TemporaryDirectory(prefix="dashboard-check-") as tmp, processes() as procs:
@@ -165,16 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load-seconds", type=float, default=LOAD_SECONDS)
     args = parser.parse_args(argv)
-    report = Report()
-    try:
-        ensure_installed({"prometheus": "prometheus"})
-        check(report, args.load_seconds)
-    except (CheckError, NotUp, PromQLError) as error:
-        report.fail(str(error))
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
-    report.finish("dashboard check")
+    errors = (CheckError, NotUp, PromQLError)
+    run_check("dashboard check", lambda report: check(report, args.load_seconds), errors)
 
 
 if __name__ == "__main__":

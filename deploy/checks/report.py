@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
+from collections.abc import Callable
 
 
 class Report:
@@ -32,3 +35,24 @@ class Report:
             print(f"\n{name}: {len(self.problems)} problem(s) in {took:.1f} s", flush=True)
             raise SystemExit(1)
         print(f"\n{name}: all passed in {took:.1f} s", flush=True)
+
+
+def run_check(
+    name: str, check: Callable[[Report], None], errors: tuple[type[Exception], ...]
+) -> None:
+    """Run ``check`` and exit 1 if it found a problem. One of ``errors`` (a step that could not be
+    done) is a problem too; SIGTERM unwinds like Ctrl-C, so that what was started is stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = Report()
+    try:
+        check(report)
+    except errors as error:
+        report.fail(str(error))
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+    report.finish(name)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
