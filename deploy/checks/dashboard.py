@@ -146,9 +146,8 @@ def check(report: Report, load_seconds: float) -> None:
         try:
             prometheus = start_prometheus(procs, folder, configs, [RULES])
         except NotUp as error:
-            raise CheckError(
-                f"Prometheus: {error}: {log_tail(folder / 'prometheus.log')}"
-            ) from error
+            tail = log_tail(folder / "prometheus.log")
+            raise CheckError(f"Prometheus did not start: {error}: {tail}") from error
         wait_for_targets(report, prometheus, count=1 + len(fleet.mocks) + 1)
         report.ok(f"load for {load_seconds:.0f} s: {run_load(procs, fleet, folder, load_seconds)}")
         time.sleep(2)  # a last scrape and rule evaluation after the load

@@ -45,9 +45,10 @@ def run(
 
 
 def tail(result: subprocess.CompletedProcess[str], lines: int = 8) -> str:
-    """The last lines of a command's stderr (else stdout), on one line."""
+    """The last distinct lines of a command's stderr (else stdout), on one line."""
     text = (result.stderr or result.stdout or "").strip().splitlines()
-    return " | ".join(text[-lines:])
+    distinct = list(dict.fromkeys(line.strip() for line in text if line.strip()))
+    return " | ".join(distinct[-lines:])
 
 
 def ensure_installed(commands: Mapping[str, str]) -> None:

@@ -24,6 +24,9 @@ KEYWORDS = {
     *("offset", "bool", "inf", "nan", "Inf", "NaN", "atan2"),
 }
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_MATCHER_LABEL = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
+_MADE_LABEL = re.compile(r"\blabel_(?:replace|join)\s*\([^,]+,\s*[\"'](\w+)[\"']")
 _CALL = re.compile(r"\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(")
 _LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _STRING = r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`'
@@ -166,6 +169,18 @@ def selectors(expr: str) -> list[Selector]:
 def metric_names(expr: str) -> set[str]:
     """The metric names a PromQL expression reads."""
     return {selector.metric for selector in selectors(expr) if selector.metric}
+
+
+def label_names(expr: str) -> set[str]:
+    """The labels an expression names: in matchers and in by/without/on/ignoring/group_x lists,
+    less those it makes itself with label_replace or label_join."""
+    names = set()
+    for selector in selectors(expr):
+        masked = re.sub(_STRING, '""', selector.matchers)
+        names.update(_MATCHER_LABEL.findall(masked))
+    for listed in _GROUPING.findall(re.sub(_STRING, '""', expr)):
+        names.update(name.strip() for name in listed.split(",") if name.strip())
+    return names - {"__name__"} - set(_MADE_LABEL.findall(expr))
 
 
 def all_exprs(node: Any) -> Iterator[str]:

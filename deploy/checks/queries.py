@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from deploy import ROOT, RULES
-from deploy.checks.panels import Query, Variable, selectors, substitute
+from deploy.checks.panels import Query, Variable, label_names, metric_names, selectors, substitute
 from deploy.checks.prometheus import Prometheus, PromQLError, Series
 from deploy.checks.report import Report
 from deploy.checks.rules import rule_groups
@@ -39,6 +39,10 @@ def check_query(
         lines = "".join(f"\n        {line}" for line in [expr, *why])
         report.fail(f"{query.where}: {what}{lines}")
         return
+    unknown = unknown_labels(prometheus, expr, since)
+    if unknown:
+        report.fail(f"{query.where}: {unknown}\n        {expr}")
+        return
     for label in query.legend_labels():
         lacking = [s.labels for s in samples if label not in s.labels]
         if lacking:
@@ -49,6 +53,21 @@ def check_query(
             )
             return
     report.ok(f"{query.where}: {len(samples)} series")
+
+
+def unknown_labels(prometheus: Prometheus, expr: str, since: float) -> str:
+    """A label the expression names that no series of its metrics carries (a misspelling:
+    `outcom!="home"` matches every series, `by (replcia)` merges them all), said in words."""
+    metrics = metric_names(expr)
+    carried: list[Series] = [s for metric in metrics for s in prometheus.series(metric, since)]
+    known = {name for labels in carried for name in labels}
+    unknown = sorted(label_names(expr) - known)
+    if not metrics or not unknown:
+        return ""
+    return (
+        f"names the label(s) {', '.join(unknown)}, which no series of {', '.join(sorted(metrics))} "
+        f"carries; they carry: {summary(carried)}"
+    )
 
 
 def explain(prometheus: Prometheus, expr: str, since: float) -> list[str]:
@@ -145,8 +164,11 @@ def check_rules_evaluate(report: Report, prometheus: Prometheus, since: float) -
     )
     for rule in loaded:
         where = f"{rule['type']} rule {rule['name']}"
+        unknown = unknown_labels(prometheus, rule["query"], since)
         if rule["health"] != "ok":
             report.fail(f"{where}: health {rule['health']}: {rule.get('lastError', '')}")
+        elif unknown:
+            report.fail(f"{where}: {unknown}\n        {rule['query']}")
         elif rule["type"] == "recording":
             check_query(report, prometheus, Query(where, rule["name"]), {}, since)
         else:

@@ -10,6 +10,7 @@ from deploy.checks.panels import (
     Selector,
     Variable,
     annotation_queries,
+    label_names,
     metric_names,
     panel_queries,
     selectors,
@@ -103,3 +104,12 @@ def test_the_shipped_dashboard_has_queries_in_every_row() -> None:
     rows = {q.where.split('(row "')[1].split('")')[0] for q in queries if "(row" in q.where}
     assert {"Prefix cache", "Latency", "Routing", "Replicas", "Placement (session policy)"} <= rows
     assert all(metric_names(q.expr) for q in queries)
+
+
+def test_label_names_are_those_of_matchers_and_grouping_lists_not_those_made_in_the_query() -> None:
+    expr = (
+        'sum by (outcome) (rate(d_total{outcom!="home", key_kind=~"a=b"}[5m])) '
+        "/ on(pod) group_left(replica) sum by (pod, dst) "
+        '(label_replace(m{le!=""}, "dst", "$1", "src", "(.*)"))'
+    )
+    assert label_names(expr) == {"outcome", "outcom", "key_kind", "pod", "replica", "le"}

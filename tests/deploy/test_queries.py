@@ -53,7 +53,9 @@ def checked(prometheus: Any, query: Query) -> Report:
 
 def test_a_query_with_numbers_in_labelled_series_passes() -> None:
     expr = "sum by (replica) (x)"
-    prometheus = FakePrometheus({expr: [Sample({"replica": "a"}, 1.0)]})
+    prometheus = FakePrometheus(
+        {expr: [Sample({"replica": "a"}, 1.0)]}, series_by_selector={"x": [{"replica": "a"}]}
+    )
     assert checked(prometheus, Query("panel", expr, "{{replica}}")).problems == []
 
 
@@ -76,9 +78,21 @@ def test_a_misspelt_metric_name_is_named_with_similar_names() -> None:
     ]
 
 
+def test_a_misspelt_label_in_a_negative_matcher_fails_although_it_returns_series() -> None:
+    expr = 'sum(rate(router_route_decisions_total{outcom!="home"}[5m]))'
+    prometheus = FakePrometheus(
+        {expr: [Sample({}, 1.0)]}, series_by_selector={"router_route_decisions_total": DECISIONS}
+    )
+    (problem,) = checked(prometheus, Query("panel", expr)).problems
+    assert "names the label(s) outcom, which no series of router_route_decisions_total" in problem
+    assert "they carry: key_kind={header}, outcome={home,placed}" in problem
+
+
 def test_a_legend_label_the_series_lack_fails() -> None:
     expr = "sum by (replcia) (x)"
-    prometheus = FakePrometheus({expr: [Sample({"replcia": "a"}, 1.0)]})
+    prometheus = FakePrometheus(
+        {expr: [Sample({"replcia": "a"}, 1.0)]}, series_by_selector={"x": [{"replcia": "a"}]}
+    )
     (problem,) = checked(prometheus, Query("panel", expr, "{{replica}}")).problems
     assert "shows the label 'replica', which 1 of its 1 series lack" in problem
     assert "they carry: replcia={a}" in problem
