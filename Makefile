@@ -59,7 +59,7 @@ dashboard-check: $(DEPLOY_STAMP)
 
 # The Dockerfile built with podman and run as the chart runs it (deploy/checks/image.py): needs
 # root; installs podman, runc and debootstrap with apt-get when missing; the Debian base image is
-# cached in .cache/image-check/ (about 2.5 minutes to make, then seconds).
+# cached in ~/.cache/vllm-session-router/image-check/ (1.5-2.5 minutes to make, then seconds).
 image-check: $(STAMP)
 	$(BIN)/python -m deploy.checks.image
 

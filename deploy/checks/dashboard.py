@@ -8,9 +8,10 @@ chart's ServiceMonitors give them in Kubernetes (job, namespace, service, pod, c
 endpoint) and loading the chart's rule file. A short benchmark (`python -m bench.runner --quick
 --router-url ...`) goes through the router; then every query of every panel, annotation and
 template variable goes to Prometheus's HTTP API. A query fails when Prometheus refuses it, returns
-no series or only NaN, or returns series without a label its legend shows; the failure names the
-panel and query and says which of its selectors matched nothing, with the labels the metric does
-have. Every rule must evaluate without error, and every recording rule return series.
+no series or only NaN, names a label that no series of its metrics carries, or returns series
+without a label its legend shows; the failure names the panel and query and says which of its
+selectors matched nothing, with the labels the metric does have. Every rule must evaluate without
+error, and every recording rule return series.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 
 APT_TIMEOUT = 900  # seconds for one apt-get call; the lock wait is bounded separately
 APT_LOCK_WAIT = 300
+STOP_GRACE = 30  # seconds an interrupted command has to clean up
 
 
 class CheckError(RuntimeError):
@@ -25,23 +26,40 @@ def run(
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``command`` with no standard input, capturing its output; CheckError when it fails
-    (if ``check``) or runs past ``timeout`` seconds."""
+    (if ``check``) or runs past ``timeout`` seconds. Interrupted, the command gets SIGTERM and
+    time to clean up (podman removes its build container) before SIGKILL."""
     args = [str(part) for part in command]
-    try:
-        result = subprocess.run(
-            args,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise CheckError(f"`{' '.join(args)}` ran past {timeout:.0f} s") from error
+    with subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            stop(process)
+            raise CheckError(f"`{' '.join(args)}` ran past {timeout:.0f} s") from error
+        except BaseException:  # Ctrl-C, or SIGTERM turned into KeyboardInterrupt
+            stop(process)
+            raise
+    result = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise CheckError(f"`{' '.join(args)}` exited with {result.returncode}: {tail(result)}")
     return result
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after STOP_GRACE seconds."""
+    process.terminate()
+    try:
+        process.communicate(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
 
 
 def tail(result: subprocess.CompletedProcess[str], lines: int = 8) -> str:

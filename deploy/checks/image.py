@@ -118,8 +118,8 @@ class Container:
         return int(self.podman("inspect", "--format", "{{.State.Pid}}", self.name).stdout)
 
 
-def build(report: Report, podman: Podman, tarball: Path) -> None:
-    """Import the base under the FROM's name, build the image, and check what it holds."""
+def import_base(report: Report, podman: Podman, tarball: Path) -> str:
+    """Import the base under the name the Dockerfile's FROM resolves to; its Python version."""
     podman("import", "--change", 'CMD ["python3"]', tarball, BASE, timeout=300)
     version_code = "import sys; print('%d.%d' % sys.version_info[:2])"
     version = podman("run", "--rm", "--network=host", BASE, "python3", "-c", version_code)
@@ -128,6 +128,11 @@ def build(report: Report, podman: Podman, tarball: Path) -> None:
     for image in images:
         podman("tag", BASE, image)
     report.ok(f"base imported as {', '.join(images)} (python {python}: PYTHON_VERSION={python})")
+    return python
+
+
+def build(report: Report, podman: Podman, python: str) -> None:
+    """Build the image, offline but for pip, and check what it holds."""
     command = ["build", "--pull=never", "--network=host", f"--build-arg=PYTHON_VERSION={python}"]
     if HOST_CA_BUNDLE.is_file():
         command.append(f"--volume={HOST_CA_BUNDLE}:{DEBIAN_CA_BUNDLE}:ro")
@@ -279,7 +284,7 @@ def check(report: Report) -> None:
         private_mount_namespace(folder / "host-state")
         podman = Podman(folder / "podman")
         try:
-            build(report, podman, tarball)
+            build(report, podman, import_base(report, podman, tarball))
             print(f"      podman run {' '.join(flags)} --network=host ...", flush=True)
             check_commands(report, podman, flags)
             serve(report, podman, flags, folder)

@@ -7,14 +7,20 @@ cleaned up, layer copies in /var/tmp) goes there too: the check runs in a privat
 with folders of its own bound over those three. What this machine needs: runc (crun rejects its
 cgroup layout), cgroupfs (no systemd), and default ulimits within the hard limits the sandbox
 grants (podman's defaults exceed them, and it starts conmon with at most 32768 processes).
+
+Every container, build steps' included, runs under a cgroup of this check's own: podman stopped in
+the middle of a build leaves the step's processes running, and they are found and killed there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from deploy.checks.host import CheckError, run
@@ -52,6 +58,8 @@ class Podman:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.cgroup = f"vllm-session-router-check-{os.getpid()}"
+        self.started = 0  # containers started: each has a sub-cgroup of its own
         for name in ("storage", "run", "tmp", "net", "home"):
             (folder / name).mkdir(parents=True, exist_ok=True)
         ulimits = ", ".join(f'"{limit}"' for limit in default_ulimits())
@@ -85,9 +93,52 @@ class Podman:
     def __call__(
         self, *args: str | Path, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
+        if args and args[0] in ("run", "build"):  # the commands that start containers
+            # One sub-cgroup each: a build uses it as is, and cgroup v1 refuses device rules
+            # for a cgroup that has children.
+            self.started += 1
+            args = (args[0], f"--cgroup-parent=/{self.cgroup}/{self.started}", *args[1:])
         return run(["podman", *args], timeout, env=self.env, check=check)
 
     def remove_everything(self) -> None:
-        """Containers, images, storage: `podman system reset` leaves the folder to delete."""
+        """Processes, containers, images, storage: the folder is left to delete."""
+        kill_cgroup(self.cgroup)
         self("rm", "--all", "--force", "--time", "0", timeout=60, check=False)
         self("system", "reset", "--force", timeout=120, check=False)
+        kill_cgroup(self.cgroup)
+
+
+def kill_cgroup(name: str, attempts: int = 50) -> None:
+    """SIGKILL every process in the cgroup ``name`` (every hierarchy, sub-cgroups too), then
+    remove it."""
+    folders = [root / name for root in cgroup_roots() if (root / name).is_dir()]
+    for _ in range(attempts):
+        pids = {
+            int(pid)
+            for folder in folders
+            for procs in folder.rglob("cgroup.procs")
+            for pid in procs.read_text().split()
+        }
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for folder in folders:
+        for cgroup in sorted(folder.rglob("*/"), key=lambda path: -len(path.parts)):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def cgroup_roots() -> list[Path]:
+    """Mount points of the cgroup hierarchies (v1 controllers, v2 unified)."""
+    roots = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        kind = fields[fields.index("-") + 1]
+        if kind in ("cgroup", "cgroup2"):
+            roots.append(Path(fields[4]))
+    return roots
