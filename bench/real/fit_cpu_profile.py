@@ -33,13 +33,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 
-from bench.load.openai_stream import StreamResult, stream_chat
+from bench.load.timed_stream import StreamResult, sdk_client, stream_chat
 from bench.real.vllm_engines import EngineConfig, running_engines, visible_logit_bias
 
 PREFILL_TARGETS = (64, 128, 256, 512, 768, 1024, 1400, 1900)
@@ -57,6 +58,10 @@ class Client:
     model: str
     logit_bias: dict[str, float]
     tokens_per_word: float = 1.0
+    sdk: openai.OpenAI = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sdk = sdk_client(self.url)  # one client: the decode measurements share it
 
     def chat(self, text: str, max_tokens: int) -> StreamResult:
         body: dict[str, Any] = {
@@ -67,7 +72,7 @@ class Client:
             "ignore_eos": True,
             "logit_bias": self.logit_bias,
         }
-        return stream_chat(self.url, body)
+        return stream_chat(self.sdk, body)
 
     def fresh_prompt(self, tokens: int) -> str:
         """Random text of about ``tokens`` prompt tokens that the engine has never seen."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.load.openai_stream import StreamResult, stream_chat
+from bench.load.timed_stream import StreamResult, sdk_client, stream_chat
 from bench.real.vllm_engines import EngineFleet, is_healthy, reset_prefix_cache
 from bench.runner.counters import read_counters
 
@@ -35,7 +35,7 @@ def chat(
         "temperature": 0.0,
         "logit_bias": logit_bias,
     }
-    return stream_chat(fleet.urls[engine], body)
+    return stream_chat(sdk_client(fleet.urls[engine]), body)
 
 
 def prefix_cache_counters(url: str) -> tuple[float, float]:
