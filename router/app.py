@@ -150,11 +150,18 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         limit_per_host=config.max_connections_per_replica,
         keepalive_timeout=config.keepalive_timeout,
     )
-    session = aiohttp.ClientSession(connector=pooled, timeout=timeout, auto_decompress=False)
+    # A proxy keeps no cookies: one client's must never reach another's request.
+    session = aiohttp.ClientSession(
+        connector=pooled,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
     fresh = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True),
         timeout=timeout,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     handler["proxy"] = ProxyHandler(
         config,

@@ -46,12 +46,14 @@ class Fleet:
         self.replicas.on_health += [self.loads.set_healthy, self.health_changed]
 
     def work(self) -> Iterator[ReplicaWork]:
-        """The load accounting of the healthy replicas, for /metrics."""
+        """The load accounting of every member, for /metrics: read when Prometheus asks, so the
+        request path records none of it."""
         conversations = getattr(self.policy, "conversations", None)
         footprint = conversations.footprint if conversations is not None else None
-        for account in self.loads.healthy():
+        for account in self.loads.members():
             yield ReplicaWork(
                 account.url,
+                account.inflight,
                 account.owed_prefill,
                 account.decoding,
                 account.fit.rate,

@@ -37,7 +37,6 @@ ROUTE_DECISIONS = Counter(
     "failover, no_key, balanced, stored_response).",
     ["key_kind", "outcome"],
 )
-INFLIGHT = Gauge("router_inflight_requests", "Requests in flight through this router.", ["replica"])
 HEALTHY = Gauge("router_replica_healthy", "1 if the replica takes traffic, else 0.", ["replica"])
 TTFT = Histogram(
     "router_ttft_seconds",
@@ -143,6 +142,7 @@ class ReplicaWork:
     """This router's account of one healthy replica (router/core/loads.py)."""
 
     replica: str
+    inflight: int
     owed_prefill_tokens: float
     decoding: int
     prefill_rate: float  # estimated tokens per second, learned or configured
@@ -158,6 +158,11 @@ class WorkCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         prefix = "router_replica_"
+        inflight = GaugeMetricFamily(
+            "router_inflight_requests",
+            "Requests in flight through this router.",
+            labels=["replica"],
+        )
         owed = GaugeMetricFamily(
             prefix + "owed_prefill_tokens",
             "Estimated prompt tokens the replica still has to prefill for this router's requests.",
@@ -185,13 +190,14 @@ class WorkCollector(Collector):
         )
         for work in self.source() if self.source else ():
             labels = [work.replica]
+            inflight.add_metric(labels, work.inflight)
             owed.add_metric(labels, work.owed_prefill_tokens)
             decoding.add_metric(labels, work.decoding)
             rate.add_metric(labels, work.prefill_rate)
             base.add_metric(labels, work.prefill_base)
             if work.footprint_tokens is not None:
                 footprint.add_metric(labels, work.footprint_tokens)
-        yield from (owed, decoding, rate, base, footprint)
+        yield from (inflight, owed, decoding, rate, base, footprint)
 
 
 WORK = WorkCollector()
@@ -218,14 +224,13 @@ class Children:
 
 requests = Children(REQUESTS)
 decisions = Children(ROUTE_DECISIONS)
-inflight = Children(INFLIGHT)
 ttft = Children(TTFT)
 
 
 def forget_replica(replica: str) -> None:
     """Drop a departed replica's series: with DNS discovery, pods that come back under new
     addresses would otherwise add series without bound."""
-    for children in (requests, decisions, inflight, ttft):
+    for children in (requests, decisions, ttft):
         children.clear()  # they may hold the departed replica's: looked up afresh
     for metric, label_names in PER_REPLICA:
         for family in metric.collect():
@@ -241,7 +246,6 @@ def forget_replica(replica: str) -> None:
 
 PER_REPLICA: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
     (REQUESTS, ("replica", "key_kind", "status")),
-    (INFLIGHT, ("replica",)),
     (HEALTHY, ("replica",)),
     (TTFT, ("replica",)),
     (UPSTREAM_ERRORS, ("replica", "kind")),

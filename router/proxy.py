@@ -304,7 +304,6 @@ class ProxyHandler:
             ticket = self.loads.start(url, tokens) if replica is not None else None
             if replica is None or ticket is None:
                 continue
-            metrics.inflight(url).inc()
             try:
                 if attempt == 0:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
@@ -332,8 +331,7 @@ class ProxyHandler:
                 metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
                 self.replicas.record_failure(url, time.monotonic(), str(error))
             finally:
-                if self.loads.finish(ticket):
-                    metrics.inflight(url).dec()
+                self.loads.finish(ticket)
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
         message = f"no replica could serve the request: {failure}" if failure else "no replica"
@@ -392,7 +390,10 @@ class ProxyHandler:
         headers: dict[str, str],
     ) -> aiohttp.ClientResponse:
         async with deadline(self.config.first_byte_timeout):
-            return await session.request(method, target, data=body or None, headers=headers)
+            # Redirects are the client's business: relayed, never followed.
+            return await session.request(
+                method, target, data=body or None, headers=headers, allow_redirects=False
+            )
 
     async def relay(
         self,

@@ -170,6 +170,9 @@ class Loads:
         else:
             self.table.remove(url)
 
+    def members(self) -> Iterator[ReplicaLoad]:
+        return iter(self._accounts.values())
+
     def healthy(self) -> Iterator[ReplicaLoad]:
         return (a for a in self._accounts.values() if a.healthy)
 

@@ -58,13 +58,15 @@ class ConversationTable:
         self._idle: OrderedDict[int, Placed] = OrderedDict()
         self.footprint: dict[str, float] = {}
         self.total_footprint = 0.0
+        self._aged_at = float("nan")
 
     def __len__(self) -> int:
         return len(self._live) + len(self._idle)
 
     def get(self, point: int, now: float) -> Placed | None:
         self._age(now)
-        return self._live.get(point) or self._idle.get(point)
+        placed = self._live.get(point)
+        return placed if placed is not None else self._idle.get(point)
 
     def put(self, point: int, replica: str, tokens: float, now: float) -> None:
         if self.max_entries <= 0:
@@ -90,6 +92,9 @@ class ConversationTable:
             self.total_footprint -= self.footprint.pop(replica, 0.0)
 
     def _age(self, now: float) -> None:
+        if now == self._aged_at:
+            return  # a turn's lookup and its update come at the same time: once is enough
+        self._aged_at = now
         live, idle = self._live, self._idle
         while live:
             point, oldest = next(iter(live.items()))
@@ -143,26 +148,17 @@ def place_first_turn(
     return min(choices, key=pressure)  # min() keeps the first of equals: ring order
 
 
-def spill_target(
+def cheaper_elsewhere(
     home: ReplicaLoad,
     new_tokens: float,
-    history_tokens: float,
     alternatives: Iterable[ReplicaLoad],
     loads: Loads,
-    factor: float,
     needs: Callable[[ReplicaLoad], float],
 ) -> ReplicaLoad | None:
-    """Where a later turn should go instead of its home, or None to stay.
-
-    It stays while its home is within bound; past the bound, it moves to the alternative where
-    its first token comes soonest even though it must prefill there what is not cached there
-    (`needs`: the whole history, unless engine truth knows better), if that beats waiting at
-    home to prefill only the new part.
-    """
-    if within_bound(
-        loads.owed(home), loads.fleet_owed(), history_tokens, loads.healthy_count(), factor
-    ):
-        return None
+    """For a later turn whose home is past the bound: the alternative where its first token
+    comes soonest even though it must prefill there what is not cached there (`needs`: the whole
+    history, unless engine truth knows better), if that beats waiting at home to prefill only
+    the new part; else None (stay)."""
     best, best_wait = None, loads.wait(home, new_tokens)
     for account in alternatives:
         if account is not home:

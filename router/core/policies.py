@@ -23,8 +23,9 @@ from router.core.placement import (
     SPILL_CHOICES,
     ConversationTable,
     Placed,
+    cheaper_elsewhere,
     place_first_turn,
-    spill_target,
+    within_bound,
 )
 from router.core.ring import (
     DEFAULT_LOAD_FACTOR,
@@ -220,14 +221,18 @@ class SessionPolicy:
         loads: Loads,
         owed: float | None = None,
     ) -> Choice | LookUp:
-        truth = turn.cached or {}
         if owed is None:
-            owed = turn.tokens - truth.get(home.url, 0.0)
+            owed = turn.tokens - (turn.cached or {}).get(home.url, 0.0)
+        healthy = loads.healthy_count()
+        if within_bound(
+            loads.owed(home), loads.fleet_owed(), turn.tokens, healthy, self.load_factor
+        ):
+            return home, outcome, owed  # the common case: nothing more to weigh
+        needs = _needs(turn)
         alternatives = itertools.islice(
             self._healthy_walk(turn.key.point, loads), SPILL_CHOICES + 1
         )
-        needs = _needs(turn)
-        target = spill_target(home, owed, turn.tokens, alternatives, loads, self.load_factor, needs)
+        target = cheaper_elsewhere(home, owed, alternatives, loads, needs)
         if target is not None:
             if turn.cached is None and self.lookup != "never":
                 return LOOK_UP  # moving costs a prefill: first learn exactly what it costs
@@ -247,10 +252,17 @@ class SessionPolicy:
             self.conversations.put(turn.key.point, replica, turn.tokens, now)
 
     def _healthy_walk(self, point: int, loads: Loads) -> Iterator[ReplicaLoad]:
-        for url in self.ring.walk(point):
+        """Healthy replicas in ring order from `point`: the remembered leading ones first."""
+        leading = self.ring.leading(point)
+        for url in leading:
             account = loads.get(url)
             if account is not None and account.healthy:
                 yield account
+        if len(leading) < len(self.ring):
+            for url in itertools.islice(self.ring.walk(point), len(leading), None):
+                account = loads.get(url)
+                if account is not None and account.healthy:
+                    yield account
 
 
 class LookUp:

@@ -7,6 +7,7 @@ Three separate pieces, as in Envoy: `HashRing` turns a key's point into replicas
 
 from __future__ import annotations
 
+import itertools
 import math
 from array import array
 from bisect import bisect_right
@@ -21,6 +22,8 @@ from router.core.loads import LoadTable
 # share of keys (max/mean) was median 1.111 / p90 1.179 at 160 vnodes and 1.057 / 1.094 at 512.
 DEFAULT_VNODES = 512
 DEFAULT_LOAD_FACTOR = 1.25
+LEADING = 4  # ring candidates remembered per point: home, failovers, first-turn and spill choices
+LEADING_CACHE = 65_536  # points remembered (a few MB at most)
 
 
 class HashRing:
@@ -43,6 +46,9 @@ class HashRing:
         self._points = array("Q", (point for point, _ in nodes))  # 8 bytes a point
         self._owners = [owner for _, owner in nodes]
         self.replicas: frozenset[str] = frozenset(self._owners)
+        # A conversation asks for its candidates on every turn: the first few are remembered
+        # (bounded; the ring is rebuilt, and this forgotten, when membership changes).
+        self._leading: dict[int, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -63,6 +69,15 @@ class HashRing:
                 yield owner
                 if len(seen) == wanted:
                     return
+
+    def leading(self, point: int) -> tuple[str, ...]:
+        """The first LEADING replicas of `walk(point)`, remembered per point."""
+        found = self._leading.get(point)
+        if found is None:
+            if len(self._leading) >= LEADING_CACHE:
+                self._leading.clear()  # cheaper than LRU order, and refilled within a turn
+            found = self._leading[point] = tuple(itertools.islice(self.walk(point), LEADING))
+        return found
 
 
 def capacity(total_load: float, healthy: int, load_factor: float = DEFAULT_LOAD_FACTOR) -> int:
