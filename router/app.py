@@ -141,9 +141,9 @@ async def not_found(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> AsyncIterator[None]:
     config, fleet = app[CONFIG], app[FLEET]
     replicas = fleet.replicas
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=config.connect_timeout, sock_read=config.idle_timeout
-    )
+    # No read timeout here: the relay watches for silence itself (proxy.IdleWatch), without a
+    # timer per chunk; the wait for response headers has its own deadline (--first-byte-timeout).
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
     # Idle keep-alive below vLLM's 5 s, so a pooled connection is never one it is closing.
     pooled = aiohttp.TCPConnector(
         limit=0,

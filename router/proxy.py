@@ -89,6 +89,44 @@ else:  # pragma: no cover
             handle.cancel()
 
 
+def is_error_object(body: bytes) -> bool:
+    """Whether `body` is a JSON error object, as vLLM answers (a proxy's plain 404 is not)."""
+    try:
+        return isinstance(JSON.decode(body), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+class IdleWatch:
+    """Ends an upstream stream that stays silent for `idle` seconds (--idle-timeout).
+
+    One timer per request, re-armed at most once per idle period, and a clock read per chunk:
+    aiohttp's own read timeout re-arms a timer on every chunk received.
+    """
+
+    __slots__ = ("_handle", "content", "idle", "last", "loop")
+
+    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.content = content
+        self.idle = idle
+        self.last = self.loop.time()
+        self._handle = self.loop.call_at(self.last + idle, self._check)
+
+    def tick(self) -> None:
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        silent = self.loop.time() - self.last
+        if silent >= self.idle:  # the pending read wakes with the error: a broken stream
+            self.content.set_exception(asyncio.TimeoutError("replica silent mid-stream"))
+        else:
+            self._handle = self.loop.call_at(self.last + self.idle, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 class UpstreamFailure(Exception):
     """The replica could not be used before any byte reached the client: try the next one."""
 
@@ -252,7 +290,12 @@ class ProxyHandler:
             return self.policy.route(turn, self.loads, now, self.config.max_attempts)
         owner = await self.responses.owner(response_id, self.replica_auth(request))
         if owner.found is Found.LOST:  # no healthy replica holds it: vLLM's own 404
-            return web.Response(status=404, body=owner.not_found, content_type="application/json")
+            if is_error_object(owner.not_found):
+                return web.Response(
+                    status=404, body=owner.not_found, content_type="application/json"
+                )
+            message = f"no replica holds response {response_id!r}"
+            return error_response(404, message, "invalid_request_error", "response_not_found")
         if owner.found is Found.UNAVAILABLE:
             reply = error_response(
                 503, "the replica holding this response is unavailable", "service_unavailable"
@@ -420,6 +463,7 @@ class ProxyHandler:
             response.headers["x-router-route"] = f"{kind}/{outcome.value}"
         is_sse = upstream.content_type == "text/event-stream"
         status = upstream.status
+        watch = IdleWatch(upstream.content, self.config.idle_timeout)
         try:
             await response.prepare(request)
             first = True
@@ -433,6 +477,7 @@ class ProxyHandler:
                     first = False
                     ends_event = head.endswith(b"\n\n")
             async for chunk in upstream.content.iter_any():
+                watch.tick()
                 await response.write(chunk)
                 if first:
                     self.first_chunk(ticket, received, is_sse)
@@ -460,6 +505,8 @@ class ProxyHandler:
             upstream.close()
             self.record(url, kind, CLIENT_CLOSED, received)
             raise
+        finally:
+            watch.stop()
         self.record(url, kind, status, received)
         if self.debug:
             self.log_request(request, url, kind, outcome.value, upstream.status, received)
