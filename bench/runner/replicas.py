@@ -29,22 +29,23 @@ class EngineTruth:
 
 
 def start_mocks(
-    procs: Processes, size: Size, profile: str, folder: Path
-) -> tuple[list[str], EngineTruth]:
-    """The mocks, each publishing its KV-cache events as vLLM does."""
+    procs: Processes, size: Size, profile: str, folder: Path, events: bool = True
+) -> tuple[list[str], EngineTruth | None]:
+    """The mocks, each publishing its KV-cache events as vLLM does when `events` (a publisher
+    serializes every block it stores: CPU the mocks spend only when a target reads them)."""
     urls, specs = [], {}
     for i in range(size.mocks):
         port = free_port()
-        events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        publisher, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
         kv_events = {
             "enable_kv_cache_events": True,
             "publisher": "zmq",
-            "endpoint": events,
+            "endpoint": publisher,
             "replay_endpoint": replay,
             "topic": "kv",
         }
         specs[f"http://127.0.0.1:{port}"] = (
-            f"http://127.0.0.1:{port}#kv_events={events}&kv_replay={replay}"
+            f"http://127.0.0.1:{port}#kv_events={publisher}&kv_replay={replay}"
         )
         cmd = [
             sys.executable,
@@ -62,14 +63,14 @@ def start_mocks(
             str(size.kv_blocks),
             "--seed",
             str(i),
-            "--kv-events-config",
-            json.dumps(kv_events),
+            *(("--kv-events-config", json.dumps(kv_events)) if events else ()),
         ]
         proc = procs.start(f"mock-{i}", cmd, folder / f"mock-{i}.log")
         urls.append((f"http://127.0.0.1:{port}", proc))
     for url, proc in urls:
         wait_until_up(url + "/health", proc)
-    return [url for url, _ in urls], EngineTruth(specs, str(TOKENIZER_FOLDER))
+    truth = EngineTruth(specs, str(TOKENIZER_FOLDER)) if events else None
+    return [url for url, _ in urls], truth
 
 
 def block_size_of(replica: str) -> int:

@@ -131,7 +131,8 @@ def run(
                 f"{size.kv_blocks} KV blocks each)",
                 file=sys.stderr,
             )
-            replicas, truth = start_mocks(procs, size, args.mock_profile, folder)
+            events = any(t.events for t in targets)
+            replicas, truth = start_mocks(procs, size, args.mock_profile, folder, events)
         probe_base = replicas[0] if replicas else (targets[0].url or "")
         block_size = block_size_of(replicas[0]) if replicas else report.BLOCK_SIZE
         shared_prefix = 0

