@@ -277,6 +277,9 @@ async def test_a_replica_stalling_mid_stream_is_cut_by_the_idle_timeout(
     await assert_no_inflight_left(router)
 
 
+KEEPALIVE_RACE = ("ServerDisconnectedError", "ClientOSError")
+
+
 async def test_sigterm_under_load_drains_streams_and_refuses_new_connections(
     start_upstream: Callable[..., Upstream],
     start_router: Callable[[list[str]], Router],
@@ -297,6 +300,15 @@ async def test_sigterm_under_load_drains_streams_and_refuses_new_connections(
     at = signalled[0]
     inflight = [r for r in results if r.sent_at < at and r.ended_at > at]
     after = [r for r in results if r.sent_at > at]
+    # A stream that ends during the drain closes its connection right after its last chunk; a
+    # client that reuses that kept-alive connection before it reads the close gets "server
+    # disconnected" or "connection reset" with no answer. The router never read that request
+    # (the HTTP keep-alive race that RFC 9112 lets clients retry, as the openai SDK does), so it
+    # counts as refused.
+    raced = [r for r in after if r.status is None and not r.started]
+    raced = [r for r in raced if r.detail.startswith(KEEPALIVE_RACE)]
+    for r in raced:
+        r.outcome = "refused"
     outcome = counts(results)
     fault_table.add(
         scenario="SIGTERM to the router",
@@ -310,7 +322,8 @@ async def test_sigterm_under_load_drains_streams_and_refuses_new_connections(
         sessions_moved="n/a",
         allowed_to_move="n/a",
         notes=f"{sum(r.outcome == 'ok' for r in inflight)}/{len(inflight)} in-flight streams "
-        f"finished; {sum(r.outcome == 'refused' for r in after)}/{len(after)} later refused",
+        f"finished; {sum(r.outcome == 'refused' for r in after)}/{len(after)} later refused "
+        f"({len(raced)} on a kept-alive connection closed unread)",
     )
     assert home
     assert outcome["hung"] == 0
