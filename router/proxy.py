@@ -25,7 +25,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from router import metrics
 from router.config import Config
-from router.core.keys import KeyExtractor, RoutingKey, opens_conversation, redact
+from router.core.keys import (
+    KeyExtractor,
+    RoutingKey,
+    conversation_length,
+    opens_conversation,
+    redact,
+)
 from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
 from router.core.policies import Outcome, Policy, Route, Turn
@@ -217,7 +223,12 @@ class ProxyHandler:
         if problem is not None:
             return self.finish(problem, "none", None, received)
         key = self.extractor.extract(request.headers, parsed)
-        turn = Turn(key, size / self.bytes_per_token, opens_conversation(parsed))
+        turn = Turn(
+            key,
+            size / self.bytes_per_token,
+            opens_conversation(parsed),
+            length=conversation_length(parsed),
+        )
         # --- choose: the replica holding a stored Response first (correctness), else the policy
         previous = parsed.get("previous_response_id") if type(parsed) is dict else None
         if stored is None and previous is None:

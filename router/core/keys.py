@@ -421,6 +421,18 @@ def opens_conversation(body: Any) -> bool:
     return True
 
 
+def conversation_length(body: Any) -> int:
+    """How many messages (or Responses input items) a request carries; 0 when it carries no
+    list of them. A router that sees a conversation grow by more than one turn's worth since it
+    last routed it knows another router instance served the turns between."""
+    if type(body) is not dict:
+        return 0
+    turns = body.get("messages")
+    if turns is None:
+        turns = body.get("input")
+    return len(turns) if type(turns) is list else 0
+
+
 def chat_anchor(messages: Iterable[Any]) -> str:
     """System/developer messages up to and including the first user message.
 

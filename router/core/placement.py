@@ -33,6 +33,7 @@ class Placed:
     replica: str
     tokens: float  # estimated prompt tokens of its last turn: what its replica holds
     last: float  # when its last turn was routed
+    length: int = 0  # messages (or input items) of its last turn; 0 when unknown
 
 
 class ConversationTable:
@@ -68,7 +69,7 @@ class ConversationTable:
         placed = self._live.get(point)
         return placed if placed is not None else self._idle.get(point)
 
-    def put(self, point: int, replica: str, tokens: float, now: float) -> None:
+    def put(self, point: int, replica: str, tokens: float, now: float, length: int = 0) -> None:
         if self.max_entries <= 0:
             return
         self._age(now)
@@ -77,7 +78,7 @@ class ConversationTable:
             self._uncount(old)
         else:
             self._idle.pop(point, None)
-        self._live[point] = Placed(replica, tokens, now)
+        self._live[point] = Placed(replica, tokens, now, length)
         self.footprint[replica] = self.footprint.get(replica, 0.0) + tokens
         self.total_footprint += tokens
         while len(self) > self.max_entries:

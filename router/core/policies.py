@@ -36,6 +36,11 @@ from router.core.ring import (
     capacity,
 )
 
+# Messages one turn adds at most, as a rule: the answer (with its tool calls) and the next user
+# message, or a tool call's results. More than this since the last turn routed here means this
+# instance missed a turn: another one served it.
+ITEMS_PER_TURN = 3
+
 
 class Outcome(str, Enum):
     """Why a request went where it went: the `outcome` label of router_route_decisions_total."""
@@ -58,6 +63,7 @@ class Turn:
     key: RoutingKey
     tokens: float  # estimated prompt tokens
     first: bool = False  # no earlier turn in it: its conversation has no cache anywhere yet
+    length: int = 0  # messages (or input items) it carries; 0 when unknown
     # Engine truth, once looked up: for each replica publishing KV-cache events, how much of
     # this prompt it holds, in the units of `tokens`.
     cached: Mapping[str, float] | None = None
@@ -143,7 +149,7 @@ class SessionPolicy:
         if chosen is None:  # healthy replicas that are not on the ring yet
             return Route(least_loaded(loads.table, attempts), Outcome.NO_KEY, turn.tokens)
         first, outcome, owed = chosen
-        self.conversations.put(point, first.url, turn.tokens, now)
+        self.conversations.put(point, first.url, turn.tokens, now, turn.length)
         rest = (a.url for a in self._healthy_walk(point, loads) if a is not first)
         return Route(_take(first.url, rest, attempts), outcome, owed)
 
@@ -184,12 +190,16 @@ class SessionPolicy:
     def _in_doubt(self, turn: Turn, placed: Placed | None, home: ReplicaLoad | None) -> bool:
         """Whether to ask engine truth before choosing: always, or when this router cannot know
         where the conversation's cache is (a later turn it has not seen, a replica gone, a key
-        that several conversations may share)."""
+        that several conversations may share, turns served by another instance since this one
+        last routed it: that instance may have moved it)."""
         if self.lookup == "always":
             return True
         if self.lookup == "never" or turn.first:
             return False
-        return home is None or turn.key.kind is KeyKind.PREFIX
+        if home is None or turn.key.kind is KeyKind.PREFIX:
+            return True
+        assert placed is not None
+        return bool(placed.length) and turn.length > placed.length + ITEMS_PER_TURN
 
     def _found(
         self, turn: Turn, truth: Mapping[str, float], loads: Loads, home: ReplicaLoad | None
@@ -249,7 +259,7 @@ class SessionPolicy:
 
     def moved(self, turn: Turn, replica: str, now: float) -> None:
         if not turn.key.is_none:
-            self.conversations.put(turn.key.point, replica, turn.tokens, now)
+            self.conversations.put(turn.key.point, replica, turn.tokens, now, turn.length)
 
     def _healthy_walk(self, point: int, loads: Loads) -> Iterator[ReplicaLoad]:
         """Healthy replicas in ring order from `point`: the remembered leading ones first."""

@@ -17,6 +17,7 @@ from router.core.keys import (
     KeyKind,
     KeyRules,
     chat_anchor,
+    conversation_length,
     opens_conversation,
     redact,
 )
@@ -333,6 +334,15 @@ def test_a_request_without_earlier_answers_opens_a_conversation() -> None:
     assert not opens_conversation({"prompt": "Once upon a time"})  # completions cannot tell
     assert opens_conversation({"messages": [{"role": ["odd"]}, {"role": {"x": 1}}]})
     assert not opens_conversation([1, 2])
+
+
+def test_conversation_length_counts_messages_or_input_items() -> None:
+    user = {"role": "user", "content": "Hi"}
+    assert conversation_length({"messages": [user, user, user]}) == 3
+    assert conversation_length({"input": [user, user]}) == 2
+    assert conversation_length({"input": "Hi"}) == 0
+    assert conversation_length({"prompt": "Once"}) == 0
+    assert conversation_length([user]) == 0
 
 
 # --- the prompt anchor of other request shapes

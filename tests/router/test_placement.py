@@ -277,6 +277,21 @@ def test_a_conversation_this_router_placed_is_routed_without_asking() -> None:
     assert not policy.route(Turn(key("c"), 1100), loads, 1, 1).lookup
 
 
+def test_a_conversation_that_grew_by_turns_this_router_did_not_route_asks_again() -> None:
+    # Two instances take turns: the other one moved the conversation while this one looked away.
+    policy, loads = truth_fleet()
+    placed = policy.route(Turn(key("c"), 1000, first=True, length=2), loads, 0, 1).candidates[0]
+    next_turn = Turn(key("c"), 1100, length=4)  # one turn on: its own, nothing missed
+    assert not policy.route(next_turn, loads, 1, 1).lookup
+    skipped = Turn(key("c"), 1300, length=8)  # two turns on: another instance served one
+    assert policy.route(skipped, loads, 2, 1).lookup
+    elsewhere = next(url for url in REPLICAS if url != placed)
+    truth = dict.fromkeys(REPLICAS, 0.0) | {placed: 1000.0, elsewhere: 1200.0}
+    route = policy.route(replace(skipped, cached=truth), loads, 2, 1)
+    assert (route.candidates[0], route.outcome) == (elsewhere, Outcome.FOUND)
+    assert not policy.route(Turn(key("c"), 1400, length=10), loads, 3, 1).lookup
+
+
 def test_first_turns_never_ask_and_lookup_never_means_never() -> None:
     policy, loads = truth_fleet()
     assert not policy.route(Turn(key("c"), 1000, first=True), loads, 0, 1).lookup
