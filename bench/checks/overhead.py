@@ -1,14 +1,16 @@
 """What the router costs: direct-to-upstream vs through-the-router, side by side in one run.
 
     python -m bench.checks.overhead [--seconds 4] [--concurrency 1,32,128] [--chunks 16]
-                                    [--profile router.prof]
+                                    [--profile router.prof] [--floor]
 
 Starts a fast fake upstream that streams `--chunks` SSE chunks per request and the router in front
 of it (both as processes, as deployed), then drives each target with the same closed-loop load at
 each concurrency: requests/s, time to first chunk (TTFT) p50/p99, and the router process's own CPU
 time (user + system, from /proc) per request over each routed run. Direct and routed runs
-alternate, so drift on a noisy machine hits both; each figure is the median run. With --profile,
-the router runs under cProfile and its top entries are printed at the end. Last line: JSON.
+alternate, so drift on a noisy machine hits both; each figure is the median run. With --floor, a
+bare aiohttp relay (`floor_proxy.py`) is measured the same way in the same rounds: the CPU a
+Python relay on these libraries cannot go below. With --profile, the router runs under cProfile
+and its top entries are printed at the end. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ async def drive(url: str, concurrency: int, seconds: float) -> Result:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    upstream_port, router_port = free_port(), free_port()
+    upstream_port, router_port, floor_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
@@ -112,7 +114,18 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         router_process = start_server(command, stack)
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
-        await drive(router + "/v1/chat/completions", 8, 1.0)  # warm both paths up
+        relays = [("router", router, router_process)]
+        ratios_floor: dict[str, float] = {}
+        if args.floor:
+            floor = f"http://127.0.0.1:{floor_port}"
+            relay = [sys.executable, "-m", "bench.checks.floor_proxy"]
+            floor_process = start_server(
+                [*relay, "--port", str(floor_port), "--upstream", upstream], stack
+            )
+            await wait_until_up_async(floor + "/ready", floor_process)
+            relays.append(("floor", floor, floor_process))
+        for _, url, _ in relays:  # warm every path up
+            await drive(url + "/v1/chat/completions", 8, 1.0)
         await drive(upstream + "/v1/chat/completions", 8, 1.0)
         ratios: dict[str, dict[str, float]] = {
             "rps_ratio": {},
@@ -123,27 +136,28 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         widths = (5, 7, 9, 12, 12, 11, 7)
         print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
         for concurrency in args.concurrency:
-            direct_runs, routed_runs = [], []
-            for _ in range(args.rounds):  # alternate, so drift hits both sides
+            direct_runs: list[Result] = []
+            relay_runs: dict[str, list[Result]] = {name: [] for name, _, _ in relays}
+            for _ in range(args.rounds):  # alternate, so drift hits every side
                 direct_runs.append(
                     await drive(upstream + "/v1/chat/completions", concurrency, args.seconds)
                 )
-                routed_runs.append(
-                    await drive_router(
-                        router + "/v1/chat/completions",
-                        router_process.pid,
-                        concurrency,
-                        args.seconds,
+                for name, url, process in relays:
+                    relay_runs[name].append(
+                        await drive_router(
+                            url + "/v1/chat/completions", process.pid, concurrency, args.seconds
+                        )
                     )
-                )
-            direct, routed = median_of(direct_runs), median_of(routed_runs)
+            direct = median_of(direct_runs)
+            medians = {name: median_of(runs) for name, runs in relay_runs.items()}
+            routed = medians["router"]
             if args.verbose:
                 print(
                     f"      runs req/s direct {[round(r.rps) for r in direct_runs]} "
-                    f"router {[round(r.rps) for r in routed_runs]} "
-                    f"cpu ms/req {[round(r.cpu_ms_per_request, 3) for r in routed_runs]}"
+                    f"router {[round(r.rps) for r in relay_runs['router']]} "
+                    f"cpu ms/req {[round(r.cpu_ms_per_request, 3) for r in relay_runs['router']]}"
                 )
-            for name, r in (("direct", direct), ("router", routed)):
+            for name, r in (("direct", direct), *medians.items()):
                 print(
                     f"{concurrency:>5} {name:>7} {r.rps:>9.1f} {r.ttft_p50_ms:>12.2f} "
                     f"{r.ttft_p99_ms:>12.2f} {r.cpu_ms_per_request:>11.3f} {r.errors:>7}"
@@ -152,6 +166,10 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             ratios["rps_ratio"][key] = round(routed.rps / direct.rps, 3)
             ratios["added_ttft_p50_ms"][key] = round(routed.ttft_p50_ms - direct.ttft_p50_ms, 3)
             ratios["router_cpu_ms_per_request"][key] = round(routed.cpu_ms_per_request, 4)
+            if args.floor:
+                ratios_floor[key] = round(medians["floor"].cpu_ms_per_request, 4)
+        if args.floor:
+            ratios["floor_cpu_ms_per_request"] = ratios_floor
         router_process.send_signal(signal.SIGINT)  # a clean exit, so cProfile writes its file
         router_process.wait(timeout=30)
         return ratios
@@ -182,6 +200,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per response")
     parser.add_argument("--profile", type=Path, help="run the router under cProfile into FILE")
     parser.add_argument("--top", type=int, default=25, help="profile entries printed")
+    parser.add_argument("--floor", action="store_true", help="also measure a bare aiohttp relay")
     parser.add_argument("--verbose", action="store_true", help="print every run's figures")
     args = parser.parse_args()
     try:
