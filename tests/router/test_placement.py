@@ -83,6 +83,16 @@ def test_a_first_turn_leaves_a_ring_home_that_holds_too_many_live_conversations(
     assert route.candidates == (second,)
 
 
+def test_with_eviction_pressure_a_first_turn_leaves_the_replica_whose_cache_churns() -> None:
+    policy, loads = fleet()
+    home, second = ring_order(policy, "c")[:2]
+    assert policy.route(Turn(key("c"), 500, first=True), loads, 0, 1).candidates == (home,)
+    policy, loads = fleet()
+    loads.set_evictions(home, 40.0)  # --kv-pressure: the scraper feeds these from the index
+    loads.set_evictions(second, 10.0)
+    assert policy.route(Turn(key("c"), 500, first=True), loads, 0, 1).candidates == (second,)
+
+
 def test_a_later_turn_stays_home_when_moving_would_cost_more_than_waiting() -> None:
     policy, loads = fleet()
     home = policy.route(Turn(key("c"), 30_000, first=True), loads, 0, 1).candidates[0]
