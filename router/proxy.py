@@ -504,8 +504,10 @@ class ProxyHandler:
         ) as error:
             upstream.close()  # the replica sees the close and aborts the request, freeing its KV
             if request.transport is None or request.transport.is_closing():
+                # The client left, and a write noticed before aiohttp cancelled this handler:
+                # nothing to tell it, and nothing for aiohttp to log as a server error.
                 self.record(url, kind, CLIENT_CLOSED, received)
-                raise  # the client left: nothing to tell it
+                return response
             metrics.UPSTREAM_ERRORS.labels(url, "stream").inc()
             self.replicas.record_failure(
                 url, time.monotonic(), f"stream broken: {type(error).__name__}"
