@@ -77,7 +77,7 @@ bench-micro: $(STAMP)
 	$(BIN)/python -m bench.checks.micro_route
 
 bench-overhead: $(STAMP)
-	$(BIN)/python -m bench.checks.overhead --floor
+	$(BIN)/python -m bench.checks.overhead --floor --raw --nginx
 
 # make run REPLICAS=http://vllm-0:8000,http://vllm-1:8000 [PORT=8000] [ARGS='--policy session']
 PORT ?= 8000

@@ -1,7 +1,7 @@
 """What the router costs: direct-to-upstream vs through-the-router, side by side in one run.
 
     python -m bench.checks.overhead [--seconds 4] [--concurrency 1,32,128] [--chunks 16]
-                                    [--profile router.prof] [--floor]
+                                    [--profile router.prof] [--floor] [--raw] [--nginx]
 
 Starts a fast fake upstream that streams `--chunks` SSE chunks per request and the router in front
 of it (both as processes, as deployed), then drives each target with the same closed-loop load at
@@ -9,7 +9,10 @@ each concurrency: requests/s, time to first chunk (TTFT) p50/p99, and the router
 time (user + system, from /proc) per request over each routed run. Direct and routed runs
 alternate, so drift on a noisy machine hits both; each figure is the median run. With --floor, a
 bare aiohttp relay (`floor_proxy.py`) is measured the same way in the same rounds: the CPU a
-Python relay on these libraries cannot go below. With --profile, the router runs under cProfile
+Python relay on these libraries cannot go below. With --raw, a relay on raw asyncio protocols
+(`protocol_relay.py`: uvloop and httptools, no aiohttp) shows what Python can do without aiohttp's
+machinery. With --nginx, nginx relays the same way in the same rounds (`nginx_reference.py`):
+the compiled router the targets are set against. With --profile, the router runs under cProfile
 and its top entries are printed at the end. Last line: JSON.
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.checks.nginx_reference import nginx_binary, start_nginx
 from bench.endpoints import free_port, router_command, start_server, wait_until_up_async
 
 BODY = {
@@ -55,10 +59,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive_router(url: str, pid: int, concurrency: int, seconds: float) -> Result:
-    before = cpu_seconds(pid)
+async def drive_router(url: str, pids: list[int], concurrency: int, seconds: float) -> Result:
+    before = sum(map(cpu_seconds, pids))
     result = await drive(url, concurrency, seconds)
-    used = cpu_seconds(pid) - before
+    used = sum(map(cpu_seconds, pids)) - before
     return replace(result, cpu_ms_per_request=used * 1000 / max(result.requests, 1))
 
 
@@ -101,7 +105,7 @@ async def drive(url: str, concurrency: int, seconds: float) -> Result:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    upstream_port, router_port, floor_port = free_port(), free_port(), free_port()
+    upstream_port, router_port, floor_port, raw_port, nginx_port = (free_port() for _ in range(5))
     upstream = f"http://127.0.0.1:{upstream_port}"
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
@@ -114,8 +118,8 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         router_process = start_server(command, stack)
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
-        relays = [("router", router, router_process)]
-        ratios_floor: dict[str, float] = {}
+        relays = [("router", router, [router_process.pid])]
+        extra: dict[str, dict[str, float]] = {}  # the other relays' CPU per request
         if args.floor:
             floor = f"http://127.0.0.1:{floor_port}"
             relay = [sys.executable, "-m", "bench.checks.floor_proxy"]
@@ -123,7 +127,24 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 [*relay, "--port", str(floor_port), "--upstream", upstream], stack
             )
             await wait_until_up_async(floor + "/ready", floor_process)
-            relays.append(("floor", floor, floor_process))
+            relays.append(("floor", floor, [floor_process.pid]))
+        if args.raw:
+            raw = f"http://127.0.0.1:{raw_port}"
+            relay = [sys.executable, "-m", "bench.checks.protocol_relay"]
+            raw_process = start_server(
+                [*relay, "--port", str(raw_port), "--upstream", f"127.0.0.1:{upstream_port}"], stack
+            )
+            await wait_until_up_async(raw + "/ready", raw_process)
+            relays.append(("raw", raw, [raw_process.pid]))
+        if args.nginx:
+            binary = nginx_binary()
+            if binary is None:
+                print("nginx: not installed and cannot be here; measured without it")
+            else:
+                pids = start_nginx(binary, nginx_port, f"127.0.0.1:{upstream_port}", stack)
+                nginx = f"http://127.0.0.1:{nginx_port}"
+                await wait_until_up_async(nginx + "/ready")
+                relays.append(("nginx", nginx, pids))
         for _, url, _ in relays:  # warm every path up
             await drive(url + "/v1/chat/completions", 8, 1.0)
         await drive(upstream + "/v1/chat/completions", 8, 1.0)
@@ -142,10 +163,10 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 direct_runs.append(
                     await drive(upstream + "/v1/chat/completions", concurrency, args.seconds)
                 )
-                for name, url, process in relays:
+                for name, url, pids in relays:
                     relay_runs[name].append(
                         await drive_router(
-                            url + "/v1/chat/completions", process.pid, concurrency, args.seconds
+                            url + "/v1/chat/completions", pids, concurrency, args.seconds
                         )
                     )
             direct = median_of(direct_runs)
@@ -166,10 +187,15 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             ratios["rps_ratio"][key] = round(routed.rps / direct.rps, 3)
             ratios["added_ttft_p50_ms"][key] = round(routed.ttft_p50_ms - direct.ttft_p50_ms, 3)
             ratios["router_cpu_ms_per_request"][key] = round(routed.cpu_ms_per_request, 4)
-            if args.floor:
-                ratios_floor[key] = round(medians["floor"].cpu_ms_per_request, 4)
-        if args.floor:
-            ratios["floor_cpu_ms_per_request"] = ratios_floor
+            for name, r in medians.items():
+                if name != "router":
+                    extra.setdefault(f"{name}_cpu_ms_per_request", {})[key] = round(
+                        r.cpu_ms_per_request, 4
+                    )
+                    extra.setdefault(f"{name}_added_ttft_p50_ms", {})[key] = round(
+                        r.ttft_p50_ms - direct.ttft_p50_ms, 3
+                    )
+        ratios.update(extra)
         router_process.send_signal(signal.SIGINT)  # a clean exit, so cProfile writes its file
         router_process.wait(timeout=30)
         return ratios
@@ -201,6 +227,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="run the router under cProfile into FILE")
     parser.add_argument("--top", type=int, default=25, help="profile entries printed")
     parser.add_argument("--floor", action="store_true", help="also measure a bare aiohttp relay")
+    parser.add_argument(
+        "--raw", action="store_true", help="also measure a relay on raw protocols (no aiohttp)"
+    )
+    parser.add_argument("--nginx", action="store_true", help="also measure nginx as a relay")
     parser.add_argument("--verbose", action="store_true", help="print every run's figures")
     args = parser.parse_args()
     try:
