@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.endpoints import free_ports
 from bench.real.vllm_engines import (
     EngineConfig,
     EngineFleet,
@@ -20,23 +21,24 @@ from bench.real.vllm_engines import (
     visible_logit_bias,
 )
 
-TEST_PORT_BASE = 8181
-# KV-cache events: engine i publishes on 8185 + 2i and replays on the port after it.
-TEST_KV_EVENTS_PORT = 8185
+# Six consecutive free ports: the two engines' HTTP ports, then for engine i its KV-cache events
+# on the third + 2i and their replay on the port after it. Chosen at start: no clash with a
+# bench or another checkout's engines on the same machine.
 
 
 @pytest.fixture(scope="session")
 def vllm_config(tmp_path_factory: pytest.TempPathFactory) -> EngineConfig:
     log_dir = Path(os.environ.get("VLLM_LOG_DIR") or tmp_path_factory.mktemp("vllm-logs"))
+    first_port = free_ports(6)
     # The Responses store on: stored responses live in each engine's memory, as in production
     # set-ups that use previous_response_id (tests/vllm/test_responses_and_messages.py).
     config = EngineConfig(
         model="tiny",
         count=2,
-        base_port=TEST_PORT_BASE,
+        base_port=first_port,
         log_dir=log_dir,
         env=(("VLLM_ENABLE_RESPONSES_API_STORE", "1"),),
-        kv_events_port=TEST_KV_EVENTS_PORT,
+        kv_events_port=first_port + 2,
     )
     missing = missing_prerequisites(config)
     if missing:
