@@ -35,6 +35,8 @@ CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 SCRAPER = web.AppKey("scraper", Scraper)
 SUBSCRIBERS = web.AppKey("subscribers", EventSubscribers)
+# Any rest of a path, newlines included: a decoded %0A in it must still reach a JSON answer.
+ANY_TAIL = r"[\s\S]*"
 
 
 def key_extractor(config: Config) -> KeyExtractor:
@@ -82,8 +84,8 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
         app.router.add_post(path, upload)
     for path in VLLM_ROUTES:
         app.router.add_post(path, proxy)
-    app.router.add_route("*", "/v1/{tail:.*}", proxy)
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.router.add_route("*", "/v1/{tail:" + ANY_TAIL + "}", proxy)
+    app.router.add_route("*", "/{tail:" + ANY_TAIL + "}", not_found)
     app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
     return app
 
@@ -93,7 +95,7 @@ def build_admin_app(main: web.Application) -> web.Application:
     admin = web.Application()
     add_probe_routes(admin, main[FLEET].replicas)
     add_admin_routes(admin, main)
-    admin.router.add_route("*", "/{tail:.*}", not_found)
+    admin.router.add_route("*", "/{tail:" + ANY_TAIL + "}", not_found)
     return admin
 
 
