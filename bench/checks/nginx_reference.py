@@ -5,20 +5,19 @@ a compiled router run on the same machine, under the same load, in the same roun
 reverse proxy most vLLM fleets already run; here it is set up as a streaming relay would be: one
 worker, keep-alive connections upstream, no response buffering (each chunk goes out as it comes),
 no access log. Debian's `nginx-light` is installed with apt-get when the binary is missing and
-the check runs as root (as `make image-check` installs podman).
+the check runs as root, by the helper that installs `make image-check`'s podman.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from bench.endpoints import start_server
+from deploy.checks.host import CheckError, ensure_installed
 
 CONFIG = """\
 worker_processes 1;
@@ -50,16 +49,11 @@ http {{
 
 def nginx_binary() -> str | None:
     """nginx's path, installing Debian's nginx-light first when it is missing and we may."""
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"]
-    done = subprocess.run(install, env=env, capture_output=True, timeout=600)
-    if done.returncode != 0:  # the package lists may be stale: refresh once, then try again
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        subprocess.run(install, env=env, capture_output=True, timeout=600)
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    try:
+        ensure_installed({"nginx": "nginx-light"})
+    except CheckError as error:
+        print(f"nginx: {error}")
+    return shutil.which("nginx")
 
 
 def render_config(state: Path, port: int, upstream: str) -> str:

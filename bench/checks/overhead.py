@@ -105,7 +105,7 @@ async def drive(url: str, concurrency: int, seconds: float) -> Result:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    upstream_port, router_port, floor_port, raw_port, nginx_port = (free_port() for _ in range(5))
+    upstream_port, router_port, nginx_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
@@ -119,23 +119,17 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         await wait_until_up_async(upstream + "/health", fake_upstream)
         await wait_until_up_async(router + "/ready", router_process)
         relays = [("router", router, [router_process.pid])]
-        extra: dict[str, dict[str, float]] = {}  # the other relays' CPU per request
-        if args.floor:
-            floor = f"http://127.0.0.1:{floor_port}"
-            relay = [sys.executable, "-m", "bench.checks.floor_proxy"]
-            floor_process = start_server(
-                [*relay, "--port", str(floor_port), "--upstream", upstream], stack
-            )
-            await wait_until_up_async(floor + "/ready", floor_process)
-            relays.append(("floor", floor, [floor_process.pid]))
-        if args.raw:
-            raw = f"http://127.0.0.1:{raw_port}"
-            relay = [sys.executable, "-m", "bench.checks.protocol_relay"]
-            raw_process = start_server(
-                [*relay, "--port", str(raw_port), "--upstream", f"127.0.0.1:{upstream_port}"], stack
-            )
-            await wait_until_up_async(raw + "/ready", raw_process)
-            relays.append(("raw", raw, [raw_process.pid]))
+        extra: dict[str, dict[str, float]] = {}  # the other relays' CPU and added TTFT
+        for name, wanted, module, target in (
+            ("floor", args.floor, "bench.checks.floor_proxy", upstream),
+            ("raw", args.raw, "bench.checks.protocol_relay", f"127.0.0.1:{upstream_port}"),
+        ):
+            if wanted:
+                port = free_port()
+                command = [sys.executable, "-m", module, "--port", str(port), "--upstream", target]
+                process = start_server(command, stack)
+                await wait_until_up_async(f"http://127.0.0.1:{port}/ready", process)
+                relays.append((name, f"http://127.0.0.1:{port}", [process.pid]))
         if args.nginx:
             binary = nginx_binary()
             if binary is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import ROOT
 from bench.checks.nginx_reference import render_config
 
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+NGINX = shutil.which("nginx")
 
 
 def test_the_overhead_check_measures_router_and_floor_without_errors() -> None:
