@@ -28,6 +28,7 @@ from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
 from router.stored_responses import RESPONSES_PATH, StoredResponses
 from router.subscriber import EventSubscribers
+from router.upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
@@ -165,6 +166,11 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+    pool = UpstreamPool(
+        connect_timeout=config.connect_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        limit=config.max_connections_per_replica,
+    )
     handler["proxy"] = ProxyHandler(
         config,
         extractor=key_extractor(config),
@@ -173,6 +179,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         replicas=replicas,
         outliers=fleet.outliers,
         responses=StoredResponses(config, replicas, session),
+        pool=pool,
         session=session,
         fresh_session=fresh,
         lookup=PromptLookup(fleet.prompts, fleet.blocks) if fleet.prompts else None,
@@ -216,6 +223,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
     if metrics.EVENTS.source == subscribers.rows:
         metrics.EVENTS.source = None
     await subscribers.close()
+    await pool.close()
     await session.close()
     await fresh.close()
 

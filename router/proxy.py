@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +39,14 @@ from router.core.response_owners import stored_response_id
 from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
 from router.stored_responses import RESPONSES_PATH, Found, StoredResponses
+from router.upstream import (
+    ConnectFailed,
+    StaleConnection,
+    UpstreamBody,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("router.proxy")
 
@@ -68,6 +76,7 @@ JSON = msgspec.json.Decoder()  # the same values as json.loads, 2-6x faster on r
 SSE_ERROR_PREFIX = b"event: error\ndata: "
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 Body = bytes | aiohttp.StreamReader  # read whole, or an upload streaming through
+Upstream = UpstreamResponse | aiohttp.ClientResponse  # pooled raw protocol, or aiohttp's client
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
@@ -95,6 +104,14 @@ else:  # pragma: no cover
             handle.cancel()
 
 
+def with_headers(headers: dict[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """`headers` with `extra` in place of any of the same name, whatever its case."""
+    replaced = {name.lower() for name in extra}
+    merged = {name: value for name, value in headers.items() if name.lower() not in replaced}
+    merged.update(extra)
+    return merged
+
+
 def is_error_object(body: bytes) -> bool:
     """Whether `body` is a JSON error object, as vLLM answers (a proxy's plain 404 is not)."""
     try:
@@ -112,7 +129,7 @@ class IdleWatch:
 
     __slots__ = ("_handle", "content", "idle", "last", "loop")
 
-    def __init__(self, content: aiohttp.StreamReader, idle: float) -> None:
+    def __init__(self, content: UpstreamBody | aiohttp.StreamReader, idle: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.content = content
         self.idle = idle
@@ -152,6 +169,7 @@ class ProxyHandler:
         replicas: ReplicaSet,
         outliers: OutlierDetector,
         responses: StoredResponses,
+        pool: UpstreamPool,
         session: aiohttp.ClientSession,
         fresh_session: aiohttp.ClientSession,
         lookup: PromptLookup | None = None,
@@ -164,9 +182,17 @@ class ProxyHandler:
         self.outliers = outliers
         self.responses = responses
         self.lookup = lookup  # engine truth, when the policy is in doubt
-        self.session = session
+        self.pool = pool  # every request whose body is in hand
+        self.session = session  # uploads and HEAD: aiohttp's client
         self.fresh_session = fresh_session  # no pooling: for retries after a stale connection
         self.static_headers = config.static_headers
+        # Never forwarded: hop-by-hop headers, those the router sets itself, and the router's own
+        # API key (not the replicas' business).
+        own = {name.lower() for name in self.static_headers}
+        if config.api_key:
+            own.add("authorization")
+        self.dropped_unkeyed = HOP_BY_HOP | own
+        self.dropped_keyed = self.dropped_unkeyed | {"x-session-id"}
         self.bytes_per_token = config.bytes_per_token
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.api_keys = tuple(key.encode() for key in config.api_key)
@@ -366,7 +392,7 @@ class ProxyHandler:
                         request,
                         url,
                         body,
-                        {**headers, **replica.headers} if replica.headers else headers,
+                        with_headers(headers, replica.headers) if replica.headers else headers,
                     )
                 except asyncio.CancelledError:
                     self.record(url, kind, CLIENT_CLOSED, received)  # left before the first byte
@@ -393,13 +419,12 @@ class ProxyHandler:
         return self.finish(reply, kind, None, received)
 
     def upstream_headers(self, incoming: CIMultiDictProxy[str], key: RoutingKey) -> dict[str, str]:
-        dropped: Collection[str] = HOP_BY_HOP
+        # The router's own headers replace the client's, whatever their case: one of each travels.
+        dropped: Collection[str] = self.dropped_unkeyed if key.is_none else self.dropped_keyed
         connection = incoming.get("Connection")
         if connection:  # headers it names are hop-by-hop too
-            dropped = HOP_BY_HOP | {token.strip().lower() for token in connection.split(",")}
+            dropped = {*dropped, *(token.strip().lower() for token in connection.split(","))}
         headers = {name: value for name, value in incoming.items() if name.lower() not in dropped}
-        if self.api_keys:
-            headers.pop("Authorization", None)  # the router's key is not the replicas' business
         if not key.is_none:
             headers["X-Session-Id"] = key.value
         headers.update(self.static_headers)
@@ -407,8 +432,10 @@ class ProxyHandler:
 
     async def open(
         self, request: web.Request, url: str, body: Body, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    ) -> Upstream:
         """Send the request and wait for the response headers (the first byte)."""
+        if type(body) is bytes and request.method != "HEAD":
+            return await self.open_pooled(request, url, body, headers)
         target = url + request.rel_url.raw_path_qs
         try:
             return await self._send(self.session, request.method, target, body, headers)
@@ -435,6 +462,27 @@ class ProxyHandler:
         except aiohttp.ClientError as error:
             raise UpstreamFailure("connect", 502, f"replica request failed: {error}") from error
 
+    async def open_pooled(
+        self, request: web.Request, url: str, body: bytes, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        method, target = request.method, request.rel_url.raw_path_qs
+        try:
+            try:
+                async with deadline(self.config.first_byte_timeout):
+                    return await self.pool.request(url, method, target, headers, body)
+            except StaleConnection:
+                # The replica had just closed the pooled connection: same replica, fresh
+                # connection, so the conversation keeps its cache.
+                metrics.UPSTREAM_ERRORS.labels(url, "stale_connection").inc()
+                async with deadline(self.config.first_byte_timeout):
+                    return await self.pool.request(url, method, target, headers, body, fresh=True)
+        except ConnectFailed as error:
+            raise UpstreamFailure("connect", 502, str(error)) from error
+        except asyncio.TimeoutError as error:
+            raise UpstreamFailure("timeout", 504, "replica did not answer in time") from error
+        except UpstreamError as error:
+            raise UpstreamFailure("connect", 502, f"replica request failed: {error}") from error
+
     async def _send(
         self,
         session: aiohttp.ClientSession,
@@ -452,7 +500,7 @@ class ProxyHandler:
     async def relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         ticket: Ticket,
         kind: str,
         outcome: Outcome,
@@ -498,6 +546,7 @@ class ProxyHandler:
             upstream.release()
             self.replicas.record_success(url)
         except (
+            UpstreamError,
             aiohttp.ClientPayloadError,
             aiohttp.ClientConnectionError,
             asyncio.TimeoutError,

@@ -28,6 +28,7 @@ from router import metrics
 from router.config import Config
 from router.core.response_owners import ResponseOwners
 from router.replicas import ReplicaSet
+from router.upstream import UpstreamBody
 
 # A relayed response's head read to learn its id: the first SSE event (vLLM's response.created
 # echoes the request's instructions and tools) or a whole JSON body. Beyond this it is relayed
@@ -134,7 +135,9 @@ class StoredResponses:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return url, 0, b""
 
-    async def learn(self, content: aiohttp.StreamReader, is_sse: bool, replica: str) -> bytes:
+    async def learn(
+        self, content: UpstreamBody | aiohttp.StreamReader, is_sse: bool, replica: str
+    ) -> bytes:
         """Read a relayed response's first SSE event, or its whole JSON body (up to
         MAX_HEAD_BYTES), remember the response id it carries as held by `replica`, and return
         what was read: the caller relays it, then the rest of the stream untouched."""
