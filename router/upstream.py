@@ -100,6 +100,11 @@ class UpstreamBody:
         self._eof = True
         self._wake()
 
+    @property
+    def ended(self) -> bool:
+        """The whole body arrived: the exchange is over, whatever the connection does next."""
+        return self._eof
+
     def set_exception(self, error: BaseException) -> None:
         """The pending or next read raises `error` (a broken stream, a silent replica)."""
         self._error = error
@@ -166,12 +171,15 @@ class UpstreamResponse:
         self.content = connection.body
 
     def release(self) -> None:
-        """Done with it: a whole body leaves the connection pooled; a partial one closes it."""
-        self._connection.done_with()
+        """Done with it: a whole body left the connection pooled (perhaps already serving the
+        next request); a partial one closes it."""
+        if not self.content.ended:
+            self._connection.abort()
 
     def close(self) -> None:
         """Stop here: the replica sees the connection close and aborts the request."""
-        self._connection.abort()
+        if not self.content.ended:
+            self._connection.abort()
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -205,11 +213,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head = self.loop.create_future()
         self.transport.writelines(data)
         return self.head
-
-    def done_with(self) -> None:
-        if self.complete:
-            return  # already pooled (or closed) when its message ended
-        self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -284,9 +287,12 @@ class UpstreamConnection(asyncio.Protocol):
         headers: CIMultiDict[str] = CIMultiDict(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
         )
-        response = UpstreamResponse(self, status, self._reason.decode("latin-1"), headers)
-        if self.head is not None and not self.head.done():
-            self.head.set_result(response)
+        if self.head is None or self.head.done():  # an answer to nothing asked: not HTTP
+            self.abort()
+            return
+        self.head.set_result(
+            UpstreamResponse(self, status, self._reason.decode("latin-1"), headers)
+        )
 
     def on_body(self, body: bytes) -> None:
         self.body.feed(body)

@@ -117,6 +117,29 @@ async def test_keep_alive_reuses_one_connection_and_sends_the_body_framed(script
     await upstream.close()
 
 
+async def test_releasing_a_finished_response_leaves_the_next_exchange_alone(scripted) -> None:
+    # The connection goes back to the pool the moment the first body is whole, so the next
+    # request may be on it, mid-body, before the first relay lets go of its response.
+    gate = asyncio.Event()
+
+    async def in_two_parts(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await gate.wait()
+        writer.write(b"cd")
+
+    server, url = await scripted([answer(OK), in_two_parts])
+    upstream = pool()
+    first = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+    assert await read_all(first) == b"{}"
+    second = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+    first.release()
+    first.close()
+    gate.set()
+    assert await read_all(second) == b"abcd"
+    assert server.connections == 1
+    await upstream.close()
+
+
 async def test_a_replica_url_with_a_path_prefixes_every_request(scripted) -> None:
     server, url = await scripted([answer(OK)])
     upstream = pool()
