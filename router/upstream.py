@@ -20,6 +20,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 READ_HIGH_WATER = 1 << 20  # unread body bytes held before the replica's socket is paused
+MAX_ORIGINS = 4096  # parsed replica URLs remembered
 
 
 class UpstreamError(Exception):
@@ -324,6 +325,8 @@ class UpstreamPool:
     def origin(self, url: str) -> Origin:
         origin = self.origins.get(url)
         if origin is None:
+            if len(self.origins) >= MAX_ORIGINS:  # replicas come and go (DNS): stay bounded
+                self.origins.clear()
             origin = self.origins[url] = Origin.parse(url)
         return origin
 
@@ -368,15 +371,18 @@ class UpstreamPool:
         return None
 
     async def connect(self, origin: Origin) -> UpstreamConnection:
-        opened = self.open.setdefault(origin, set())
-        while self.limit and len(opened) >= self.limit:
+        while True:
+            opened = self.open.setdefault(origin, set())
+            if not self.limit or len(opened) < self.limit:
+                break
             waiter = asyncio.get_running_loop().create_future()
-            self.waiting.setdefault(origin, collections.deque()).append(waiter)
+            waiting = self.waiting.setdefault(origin, collections.deque())
+            waiting.append(waiter)
             try:
                 await waiter
             finally:
                 with contextlib.suppress(ValueError):
-                    self.waiting[origin].remove(waiter)
+                    waiting.remove(waiter)
             connection = self.take_idle(origin)
             if connection is not None:
                 return connection
@@ -411,6 +417,10 @@ class UpstreamPool:
             if idle and connection in idle:
                 idle.remove(connection)
             self.wake(origin)
+            if not opened and not self.waiting.get(origin):  # a replica gone leaves nothing
+                del self.open[origin]
+                self.idle.pop(origin, None)
+                self.waiting.pop(origin, None)
 
     def wake(self, origin: Origin) -> None:
         waiting = self.waiting.get(origin)
@@ -421,7 +431,7 @@ class UpstreamPool:
                 return
 
     async def close(self) -> None:
-        for opened in self.open.values():
+        for opened in list(self.open.values()):
             for connection in list(opened):
                 connection.abort()
         self.idle.clear()

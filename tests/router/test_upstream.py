@@ -194,6 +194,7 @@ async def test_a_body_that_runs_to_the_close_ends_whole(scripted) -> None:
     response = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
     assert response.content_length is None
     assert await read_all(response) == b"part one, part two"
+    assert not upstream.open and not upstream.idle  # nothing kept for a replica left unconnected
     await upstream.close()
 
 
