@@ -284,16 +284,17 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:  # an interim answer (100 Continue): the real one follows
             self._reason, self._headers = b"", []
             return
-        self.keep_alive = self.parser.should_keep_alive()
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._headers
-        )
         if self.head is None or self.head.done():  # an answer to nothing asked: not HTTP
             self.abort()
             return
-        self.head.set_result(
-            UpstreamResponse(self, status, self._reason.decode("latin-1"), headers)
+        self.keep_alive = self.parser.should_keep_alive()
+        # Decoded as aiohttp decodes them, so any byte a replica sends is relayed as it came.
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self._headers
         )
+        reason = self._reason.decode("utf-8", "surrogateescape")
+        self.head.set_result(UpstreamResponse(self, status, reason, headers))
 
     def on_body(self, body: bytes) -> None:
         self.body.feed(body)

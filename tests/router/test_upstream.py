@@ -276,3 +276,17 @@ async def test_the_clients_own_session_header_travels_once(scripted, router: Rou
     assert head.count(b"x-session-id:") == 1
     assert b"x-session-id: mine\r\n" in head
     assert b"x-api-note: kept\r\n" in head
+
+
+async def test_a_replicas_response_headers_reach_the_client_as_sent(
+    scripted, router: RouterClient
+) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Note: caf\xc3\xa9\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    _, url = await scripted([answer(head)])
+    client = await router([url])
+    response = await client.post("/v1/chat/completions", json=chat("s", stream=False))
+    assert response.headers["X-Note"] == "café"
+    assert await response.read() == b"{}"
