@@ -14,10 +14,10 @@ import collections
 import contextlib
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 READ_HIGH_WATER = 1 << 20  # unread body bytes held before the replica's socket is paused
 MAX_ORIGINS = 4096  # parsed replica URLs remembered
@@ -58,18 +58,15 @@ class Origin:
 
     @classmethod
     def parse(cls, url: str) -> Origin:
-        parts = urlsplit(url)
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        host = parts.hostname or "localhost"
-        default_port = parts.port is None
-        shown = f"[{host}]" if ":" in host else host
+        parsed = URL(url)
+        host = parsed.host or "localhost"
         return cls(
             host,
-            port,
-            tls,
-            parts.path.rstrip("/").encode(),
-            (shown if default_port else f"{shown}:{port}").encode("idna"),
+            parsed.port or 80,
+            parsed.scheme == "https",
+            parsed.raw_path.rstrip("/").encode(),
+            # As aiohttp writes it: IDNA, IPv6 in brackets, the port only when not the default.
+            (parsed.host_port_subcomponent or host).encode("ascii"),
         )
 
 

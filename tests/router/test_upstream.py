@@ -255,8 +255,11 @@ async def test_an_unread_body_pauses_the_replica_until_it_is_read(scripted) -> N
     _, url = await scripted([answer(big)])
     upstream = pool()
     response = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
-    await asyncio.sleep(0.2)  # the replica writes as fast as it can; nobody reads
     connection = response._connection
+    for _ in range(500):  # the replica writes as fast as it can; nobody reads
+        if connection.paused:
+            break
+        await asyncio.sleep(0.01)
     assert connection.paused
     assert connection.body._size <= 2 * READ_HIGH_WATER
     assert len(await read_all(response)) == size
