@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from http.client import HTTPException
+from pathlib import Path
 from typing import Any, Protocol
 
 from bench import ROOT
@@ -71,11 +72,11 @@ def router_command(port: int, *flags: str) -> list[str]:
     return [sys.executable, "-m", "router", "--host", "127.0.0.1", "--port", str(port), *flags]
 
 
-def start_server(command: list[str], stack: ExitStack) -> subprocess.Popen[bytes]:
-    """A quiet child process started from the repository root, stopped when ``stack`` closes
-    (SIGINT, as Ctrl-C would, then SIGKILL after 10 s)."""
+def start_server(command: list[str], stack: ExitStack, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """A quiet child process started from the repository root (or ``cwd``: another checkout),
+    stopped when ``stack`` closes (SIGINT, as Ctrl-C would, then SIGKILL after 10 s)."""
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
     def stop() -> None:

@@ -1,7 +1,9 @@
 """What the router costs: direct-to-upstream vs through-the-router, side by side in one run.
 
     python -m bench.checks.overhead [--seconds 4] [--concurrency 1,32,128] [--chunks 16]
-                                    [--profile router.prof] [--floor] [--raw] [--nginx]
+                                    [--chunk-delay 0] [--profile router.prof]
+                                    [--floor] [--raw] [--nginx]
+                                    [--baseline ../router-before]
 
 Starts a fast fake upstream that streams `--chunks` SSE chunks per request and the router in front
 of it (both as processes, as deployed), then drives each target with the same closed-loop load at
@@ -12,8 +14,11 @@ bare aiohttp relay (`floor_proxy.py`) is measured the same way in the same round
 Python relay on these libraries cannot go below. With --raw, a relay on raw asyncio protocols
 (`protocol_relay.py`: uvloop and httptools, no aiohttp) shows what Python can do without aiohttp's
 machinery. With --nginx, nginx relays the same way in the same rounds (`nginx_reference.py`):
-the compiled router the targets are set against. With --profile, the router runs under cProfile
-and its top entries are printed at the end. Last line: JSON.
+the compiled router the targets are set against. With --baseline DIR, the router of another
+checkout (a git worktree of an earlier commit) runs beside this one: before and after in the same
+rounds. With --chunk-delay, chunks come apart in time as a model's tokens do, so each is a read of
+its own. With --profile, the router runs under cProfile and its top entries are printed at the
+end. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -110,7 +115,8 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     router = f"http://127.0.0.1:{router_port}"
     with ExitStack() as stack:
         fake = [sys.executable, "-m", "bench.checks.fake_upstream", "--port", str(upstream_port)]
-        fake_upstream = start_server([*fake, "--chunks", str(args.chunks)], stack)
+        fake += ["--chunks", str(args.chunks), "--chunk-delay", str(args.chunk_delay)]
+        fake_upstream = start_server(fake, stack)
         flags = ("--replica", upstream, "--log-level", "warning")
         command = router_command(router_port, *flags)
         if args.profile:  # python -m cProfile -o FILE -m router ...: written at a clean exit
@@ -130,6 +136,11 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 process = start_server(command, stack)
                 await wait_until_up_async(f"http://127.0.0.1:{port}/ready", process)
                 relays.append((name, f"http://127.0.0.1:{port}", [process.pid]))
+        if args.baseline:  # the same router from another checkout: before and after, one run
+            port = free_port()
+            process = start_server(router_command(port, *flags), stack, cwd=args.baseline)
+            await wait_until_up_async(f"http://127.0.0.1:{port}/ready", process)
+            relays.append(("before", f"http://127.0.0.1:{port}", [process.pid]))
         if args.nginx:
             binary = nginx_binary()
             if binary is None:
@@ -218,6 +229,12 @@ def main() -> None:
         help="comma list of concurrent clients",
     )
     parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per response")
+    parser.add_argument(
+        "--chunk-delay",
+        type=float,
+        default=0.0,
+        help="seconds between chunks (0: back to back; a model streams a token every 5-50 ms)",
+    )
     parser.add_argument("--profile", type=Path, help="run the router under cProfile into FILE")
     parser.add_argument("--top", type=int, default=25, help="profile entries printed")
     parser.add_argument("--floor", action="store_true", help="also measure a bare aiohttp relay")
@@ -225,6 +242,12 @@ def main() -> None:
         "--raw", action="store_true", help="also measure a relay on raw protocols (no aiohttp)"
     )
     parser.add_argument("--nginx", action="store_true", help="also measure nginx as a relay")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure the router of another checkout (e.g. a git worktree of the commit "
+        "before a change) as 'before', in the same alternating rounds",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every run's figures")
     args = parser.parse_args()
     try:
