@@ -38,6 +38,7 @@ from router.core.policies import Outcome, Policy, Route, Turn
 from router.core.response_owners import stored_response_id
 from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
+from router.splice import Splice
 from router.stored_responses import RESPONSES_PATH, Found, StoredResponses
 from router.upstream import (
     ConnectFailed,
@@ -523,8 +524,9 @@ class ProxyHandler:
         is_sse = upstream.content_type == "text/event-stream"
         status = upstream.status
         watch = IdleWatch(upstream.content, self.config.idle_timeout)
+        splice: Splice | None = None
         try:
-            await response.prepare(request)
+            writer = await response.prepare(request)
             first = True
             ends_event = True
             if status == 200 and request.path == RESPONSES_PATH:
@@ -535,13 +537,23 @@ class ProxyHandler:
                     self.first_chunk(ticket, received, is_sse)
                     first = False
                     ends_event = head.endswith(b"\n\n")
-            async for chunk in upstream.content.iter_any():
-                watch.tick()
-                await response.write(chunk)
-                if first:
+            if first:
+                chunk = await upstream.content.readany()
+                if chunk:
+                    watch.tick()
+                    await response.write(chunk)  # with the head, in one write
                     self.first_chunk(ticket, received, is_sse)
-                    first = False
-                ends_event = chunk.endswith(b"\n\n")
+                    ends_event = chunk.endswith(b"\n\n")
+            if type(upstream) is UpstreamResponse and request.protocol is not None:
+                assert writer is not None
+                chunked = getattr(writer, "chunked", False)  # aiohttp's StreamWriter says
+                splice = Splice(upstream.content, request.protocol, writer.drain, chunked, watch)
+                await splice.run()
+            else:
+                async for chunk in upstream.content.iter_any():
+                    watch.tick()
+                    await response.write(chunk)
+                    ends_event = chunk.endswith(b"\n\n")
             await response.write_eof()
             upstream.release()
             self.replicas.record_success(url)
@@ -561,6 +573,8 @@ class ProxyHandler:
             self.replicas.record_failure(
                 url, time.monotonic(), f"stream broken: {type(error).__name__}"
             )
+            if splice is not None and splice.last:
+                ends_event = splice.last.endswith(b"\n\n")
             await self.end_broken_stream(request, response, is_sse, ends_event)
             status = 502
         except asyncio.CancelledError:

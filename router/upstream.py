@@ -13,7 +13,7 @@ import asyncio
 import collections
 import contextlib
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -70,14 +70,23 @@ class Origin:
         )
 
 
+class BodySink(Protocol):
+    """Takes a body's chunks as they are parsed (router/splice.py)."""
+
+    def chunk(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
+
+
 class UpstreamBody:
-    """A response's body as it arrives: `readany()` waits for whatever came since the last read.
+    """A response's body as it arrives: `readany()` waits for whatever came since the last read,
+    or, once `splice`d, each chunk goes straight to a sink as it is parsed.
 
     Flow control is the connection's: reading pauses past READ_HIGH_WATER unread bytes, so a slow
     client holds the replica's stream back instead of the router's memory.
     """
 
-    __slots__ = ("_buffer", "_connection", "_eof", "_error", "_size", "_waiter")
+    __slots__ = ("_buffer", "_connection", "_eof", "_error", "_sink", "_size", "_waiter")
 
     def __init__(self, connection: UpstreamConnection) -> None:
         self._connection = connection
@@ -86,16 +95,33 @@ class UpstreamBody:
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: BodySink | None = None
 
     def feed(self, data: bytes) -> None:
         self._buffer.append(data)
         self._size += len(data)
-        self._wake()
-        if self._size > READ_HIGH_WATER:
-            self._connection.pause()
+        if self._sink is None:
+            self._wake()
+            if self._size > READ_HIGH_WATER:
+                self._connection.pause()
+
+    def flush(self) -> None:
+        """The parser is done with what one read brought: a sink gets it in one piece."""
+        if self._sink is not None and self._buffer:
+            self._hand_over(self._sink)
+
+    def _hand_over(self, sink: BodySink) -> None:
+        buffer = self._buffer
+        data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self._size = 0
+        sink.chunk(data)
 
     def feed_eof(self) -> None:
         self._eof = True
+        if self._sink is not None:
+            self.flush()
+            self._sink.end()
         self._wake()
 
     @property
@@ -106,7 +132,27 @@ class UpstreamBody:
     def set_exception(self, error: BaseException) -> None:
         """The pending or next read raises `error` (a broken stream, a silent replica)."""
         self._error = error
+        if self._sink is not None:
+            self._sink.fail(error)
         self._wake(error)
+
+    def splice(self, sink: BodySink) -> None:
+        """From now on every chunk goes to `sink` as it is parsed; what is buffered goes first."""
+        self._connection.resume()
+        if self._buffer:
+            self._hand_over(sink)
+        if self._error is not None:
+            sink.fail(self._error)
+        elif self._eof:
+            sink.end()
+        self._sink = sink
+
+    def pause_source(self) -> None:
+        """The sink's reader is full: stop reading from the replica."""
+        self._connection.pause()
+
+    def resume_source(self) -> None:
+        self._connection.resume()
 
     def _wake(self, error: BaseException | None = None) -> None:
         waiter = self._waiter
@@ -239,6 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.fail(BrokenBody(f"replica sent malformed HTTP: {error}"))
             self.abort()
+        self.body.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

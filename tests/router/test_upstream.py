@@ -293,3 +293,62 @@ async def test_a_replicas_response_headers_reach_the_client_as_sent(
     response = await client.post("/v1/chat/completions", json=chat("s", stream=False))
     assert response.headers["X-Note"] == "café"
     assert await response.read() == b"{}"
+
+
+class Collected:
+    """A body sink that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.error: BaseException | None = None
+
+    def chunk(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def end(self) -> None:
+        self.ended.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.ended.set()
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in parts)
+
+
+async def test_a_spliced_body_gets_what_was_buffered_then_one_piece_per_read(scripted) -> None:
+    go_on = asyncio.Event()
+
+    async def in_two_reads(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"a", b"b"))
+        await go_on.wait()
+        writer.write(chunked(b"c", b"d", b"e") + b"0\r\n\r\n")  # three chunks, one read
+
+    server, url = await scripted([in_two_reads, answer(OK)])
+    upstream = pool()
+    response = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+    await asyncio.sleep(0.1)  # "a" and "b" are buffered before the sink is there
+    sink = Collected()
+    response.content.splice(sink)
+    assert sink.pieces == [b"ab"]
+    go_on.set()
+    await asyncio.wait_for(sink.ended.wait(), 5)
+    assert sink.pieces == [b"ab", b"cde"] and sink.error is None
+    response.release()  # whole: the connection goes back to the pool and serves the next
+    await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+    assert server.connections == 1
+    await upstream.close()
+
+
+async def test_a_spliced_body_cut_short_fails_the_sink(scripted) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"a")
+    _, url = await scripted([answer(cut, close=True)])
+    upstream = pool()
+    response = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+    sink = Collected()
+    response.content.splice(sink)
+    await asyncio.wait_for(sink.ended.wait(), 5)
+    assert isinstance(sink.error, BrokenBody)
+    await upstream.close()

@@ -1,0 +1,113 @@
+"""A pooled response's body written to the client from the replica's data callback.
+
+Once the first chunk has reached the client (and the time to first token is recorded), the rest
+of a stream needs nothing from the handler: each chunk the replica's parser yields is framed and
+written to the client's transport on the spot. The handler task sleeps until the stream ends,
+breaks, or the client stops reading, instead of waking once per chunk: those wake-ups (a future,
+a task step, an async iterator, aiohttp's writer coroutine) were most of the router's CPU per
+streamed chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiohttp import ClientConnectionResetError
+
+from router.upstream import UpstreamBody
+
+
+class Watch(Protocol):
+    def tick(self) -> None: ...
+
+
+class ClientWriter(Protocol):
+    """aiohttp's server protocol, as far as the splice needs it."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def writing_paused(self) -> bool: ...
+
+
+class Splice:
+    """The sink an `UpstreamBody` feeds: `run()` returns once the body is whole."""
+
+    __slots__ = ("body", "chunked", "client", "drain", "ended", "error", "last", "must_drain",
+                 "waiter", "watch")  # fmt: skip
+
+    def __init__(
+        self,
+        body: UpstreamBody,
+        client: ClientWriter,
+        drain: Callable[[], Awaitable[None]],
+        chunked: bool,
+        watch: Watch,
+    ) -> None:
+        self.body = body
+        self.client = client
+        self.drain = drain  # the response writer's: waits while the client's transport is full
+        self.chunked = chunked  # HTTP/1.1 with no length: chunked framing, as aiohttp writes it
+        self.watch = watch
+        self.last = b""  # the latest chunk: whether the stream broke between SSE events
+        self.ended = False
+        self.error: BaseException | None = None
+        self.must_drain = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    # --- fed by the replica's connection, in its data callback
+    def chunk(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        transport = self.client.transport
+        if transport is None or transport.is_closing():  # the client left: stop the replica
+            self.fail(ClientConnectionResetError("Cannot write to closing transport"))
+            return
+        self.watch.tick()
+        self.last = data
+        if self.chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        if self.client.writing_paused and not self.must_drain:
+            # The client reads slower than the replica writes: hold the replica back.
+            self.must_drain = True
+            self.body.pause_source()
+            self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the handler's side
+    async def run(self) -> None:
+        """Until the body is whole; raises what broke it (the replica, the client, the idle
+        timer). Drains the client's transport whenever the client falls behind."""
+        self.body.splice(self)
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return
+            if self.must_drain:
+                await self.drain()  # raises if the client is gone
+                self.must_drain = False
+                self.body.resume_source()
+                continue
+            self.waiter = loop.create_future()
+            await self.waiter
+            self.waiter = None
