@@ -537,24 +537,30 @@ class ProxyHandler:
                     self.first_chunk(ticket, received, is_sse)
                     first = False
                     ends_event = head.endswith(b"\n\n")
+            pooled = type(upstream) is UpstreamResponse and request.protocol is not None
             if first:
                 chunk = await upstream.content.readany()
                 if chunk:
                     watch.tick()
-                    await response.write(chunk)  # with the head, in one write
-                    self.first_chunk(ticket, received, is_sse)
                     ends_event = chunk.endswith(b"\n\n")
-            if type(upstream) is UpstreamResponse and request.protocol is not None:
+                    if pooled and upstream.content.ended:  # the whole body came at once
+                        await response.write_eof(chunk)  # head, body and end: one write
+                    else:
+                        await response.write(chunk)  # with the head, in one write
+                    self.first_chunk(ticket, received, is_sse)
+            last = b""
+            if pooled:
                 assert writer is not None
                 chunked = getattr(writer, "chunked", False)  # aiohttp's StreamWriter says
                 splice = Splice(upstream.content, request.protocol, writer.drain, chunked, watch)
                 await splice.run()
+                last = splice.last_bytes
             else:
                 async for chunk in upstream.content.iter_any():
                     watch.tick()
                     await response.write(chunk)
                     ends_event = chunk.endswith(b"\n\n")
-            await response.write_eof()
+            await response.write_eof(last)  # the stream's last bytes and its end: one write
             upstream.release()
             self.replicas.record_success(url)
         except (

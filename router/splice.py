@@ -34,10 +34,11 @@ class ClientWriter(Protocol):
 
 
 class Splice:
-    """The sink an `UpstreamBody` feeds: `run()` returns once the body is whole."""
+    """The sink an `UpstreamBody` feeds: `run()` returns once the body is whole, leaving
+    `last_bytes` for the handler to write with the response's end."""
 
-    __slots__ = ("body", "chunked", "client", "drain", "ended", "error", "last", "must_drain",
-                 "waiter", "watch")  # fmt: skip
+    __slots__ = ("body", "chunked", "client", "drain", "ended", "error", "last", "last_bytes",
+                 "must_drain", "waiter", "watch")  # fmt: skip
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class Splice:
         self.watch = watch
         self.last = b""  # the latest chunk: whether the stream broke between SSE events
         self.ended = False
+        self.last_bytes = b""  # what came with the end: for the handler's write_eof
         self.error: BaseException | None = None
         self.must_drain = False
         self.waiter: asyncio.Future[None] | None = None
@@ -78,7 +80,10 @@ class Splice:
             self.body.pause_source()
             self._wake()
 
-    def end(self) -> None:
+    def end(self, last: bytes) -> None:
+        self.last_bytes = last  # written with the end of the response: one write, not two
+        if last:
+            self.last = last
         self.ended = True
         self._wake()
 

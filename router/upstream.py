@@ -71,16 +71,16 @@ class Origin:
 
 
 class BodySink(Protocol):
-    """Takes a body's chunks as they are parsed (router/splice.py)."""
+    """Takes a body's bytes as they are parsed (router/splice.py)."""
 
     def chunk(self, data: bytes) -> None: ...
-    def end(self) -> None: ...
+    def end(self, last: bytes) -> None: ...  # `last`: what came with the end, not yet handed
     def fail(self, error: BaseException) -> None: ...
 
 
 class UpstreamBody:
     """A response's body as it arrives: `readany()` waits for whatever came since the last read,
-    or, once `splice`d, each chunk goes straight to a sink as it is parsed.
+    or, once `splice`d, a sink gets what each read of the replica's socket brought, in one piece.
 
     Flow control is the connection's: reading pauses past READ_HIGH_WATER unread bytes, so a slow
     client holds the replica's stream back instead of the router's memory.
@@ -108,21 +108,23 @@ class UpstreamBody:
     def flush(self) -> None:
         """The parser is done with what one read brought: a sink gets it in one piece."""
         if self._sink is not None and self._buffer:
-            self._hand_over(self._sink)
+            self._sink.chunk(self._take())
 
-    def _hand_over(self, sink: BodySink) -> None:
+    def _take(self) -> bytes:
         buffer = self._buffer
+        if not buffer:
+            return b""
         data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
         self._size = 0
-        sink.chunk(data)
+        return data
 
     def feed_eof(self) -> None:
         self._eof = True
         if self._sink is not None:
-            self.flush()
-            self._sink.end()
-        self._wake()
+            self._sink.end(self._take())  # the last bytes and the end: one write to the client
+        else:
+            self._wake()
 
     @property
     def ended(self) -> bool:
@@ -137,15 +139,16 @@ class UpstreamBody:
         self._wake(error)
 
     def splice(self, sink: BodySink) -> None:
-        """From now on every chunk goes to `sink` as it is parsed; what is buffered goes first."""
+        """From now on the sink gets every read's bytes as they are parsed; what is buffered
+        goes first."""
         self._connection.resume()
-        if self._buffer:
-            self._hand_over(sink)
+        self._sink = sink
         if self._error is not None:
             sink.fail(self._error)
         elif self._eof:
-            sink.end()
-        self._sink = sink
+            sink.end(self._take())
+        elif self._buffer:
+            sink.chunk(self._take())
 
     def pause_source(self) -> None:
         """The sink's reader is full: stop reading from the replica."""
