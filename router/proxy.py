@@ -537,22 +537,22 @@ class ProxyHandler:
                     self.first_chunk(ticket, received, is_sse)
                     first = False
                     ends_event = head.endswith(b"\n\n")
-            pooled = type(upstream) is UpstreamResponse and request.protocol is not None
+            pooled = upstream.content if type(upstream) is UpstreamResponse else None
             if first:
                 chunk = await upstream.content.readany()
                 if chunk:
                     watch.tick()
                     ends_event = chunk.endswith(b"\n\n")
-                    if pooled and upstream.content.ended:  # the whole body came at once
+                    if pooled is not None and pooled.ended:  # the whole body came at once
                         await response.write_eof(chunk)  # head, body and end: one write
                     else:
                         await response.write(chunk)  # with the head, in one write
                     self.first_chunk(ticket, received, is_sse)
             last = b""
-            if pooled:
+            if pooled is not None and request.protocol is not None:
                 assert writer is not None
                 chunked = getattr(writer, "chunked", False)  # aiohttp's StreamWriter says
-                splice = Splice(upstream.content, request.protocol, writer.drain, chunked, watch)
+                splice = Splice(pooled, request.protocol, writer.drain, chunked, watch)
                 await splice.run()
                 last = splice.last_bytes
             else:
