@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from router import metrics
 from router.config import Config
@@ -512,9 +512,9 @@ class ProxyHandler:
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=CIMultiDict(
-                [item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP]
-            ),
+            headers=[
+                item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP
+            ],
         )
         if upstream.content_length is not None:
             response.content_length = upstream.content_length

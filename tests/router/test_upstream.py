@@ -363,3 +363,25 @@ async def test_a_spliced_body_cut_short_fails_the_sink(scripted) -> None:
     await asyncio.wait_for(sink.ended.wait(), 5)
     assert isinstance(sink.error, BrokenBody)
     await upstream.close()
+
+
+async def test_a_head_sent_before_a_long_prefill_reaches_the_client_at_once(
+    scripted, router: RouterClient
+) -> None:
+    first_token = asyncio.Event()
+
+    async def slow_prefill(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        await first_token.wait()
+        writer.write(chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    _, url = await scripted([slow_prefill])
+    client = await router([url])
+    # The head alone: the client has it while the replica is still prefilling.
+    response = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat("s")), 3)
+    assert response.headers["Content-Type"] == "text/event-stream"
+    first_token.set()
+    assert await asyncio.wait_for(response.read(), 3) == b"data: [DONE]\n\n"
