@@ -121,8 +121,9 @@ class UpstreamBody:
 
     def feed_eof(self) -> None:
         self._eof = True
-        if self._sink is not None:
-            self._sink.end(self._take())  # the last bytes and the end: one write to the client
+        sink, self._sink = self._sink, None  # an idle pooled connection keeps no client alive
+        if sink is not None:
+            sink.end(self._take())  # the last bytes and the end: one write to the client
         else:
             self._wake()
 
@@ -134,21 +135,23 @@ class UpstreamBody:
     def set_exception(self, error: BaseException) -> None:
         """The pending or next read raises `error` (a broken stream, a silent replica)."""
         self._error = error
-        if self._sink is not None:
-            self._sink.fail(error)
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.fail(error)
         self._wake(error)
 
     def splice(self, sink: BodySink) -> None:
         """From now on the sink gets every read's bytes as they are parsed; what is buffered
         goes first."""
         self._connection.resume()
-        self._sink = sink
         if self._error is not None:
             sink.fail(self._error)
         elif self._eof:
             sink.end(self._take())
-        elif self._buffer:
-            sink.chunk(self._take())
+        else:
+            self._sink = sink
+            if self._buffer:
+                sink.chunk(self._take())
 
     def pause_source(self) -> None:
         """The sink's reader is full: stop reading from the replica."""
