@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -372,6 +373,13 @@ class UpstreamPool:
         self.open: dict[Origin, set[UpstreamConnection]] = {}
         self.waiting: dict[Origin, collections.deque[asyncio.Future[None]]] = {}
         self.origins: dict[str, Origin] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def tls(self) -> ssl.SSLContext:
+        """One verifying context for every https replica: making one reads the CA bundle."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     def origin(self, url: str) -> Origin:
         origin = self.origins.get(url)
@@ -442,7 +450,7 @@ class UpstreamPool:
         opened.add(connection)
         try:
             opening = loop.create_connection(
-                lambda: connection, origin.host, origin.port, ssl=origin.tls or None
+                lambda: connection, origin.host, origin.port, ssl=self.tls() if origin.tls else None
             )
             await asyncio.wait_for(opening, self.connect_timeout)  # once per new connection
         except (OSError, asyncio.TimeoutError) as error:

@@ -7,9 +7,11 @@ a script gets the request's head and body and the connection's writer, and write
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trustme
 from prometheus_client import REGISTRY
 
 from router.upstream import (
@@ -59,15 +61,17 @@ class Scripted:
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[Callable[[list[Script]], Awaitable[tuple[Scripted, str]]]]:
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[tuple[Scripted, str]]]]:
     servers: list[asyncio.Server] = []
 
-    async def start(scripts: list[Script]) -> tuple[Scripted, str]:
+    async def start(
+        scripts: list[Script], tls: ssl.SSLContext | None = None
+    ) -> tuple[Scripted, str]:
         server = Scripted(scripts)
-        listening = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+        listening = await asyncio.start_server(server.serve, "127.0.0.1", 0, ssl=tls)
         servers.append(listening)
         port = listening.sockets[0].getsockname()[1]
-        return server, f"http://127.0.0.1:{port}"
+        return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     yield start
     for listening in servers:
@@ -385,3 +389,29 @@ async def test_a_head_sent_before_a_long_prefill_reaches_the_client_at_once(
     assert response.headers["Content-Type"] == "text/event-stream"
     first_token.set()
     assert await asyncio.wait_for(response.read(), 3) == b"data: [DONE]\n\n"
+
+
+async def test_an_https_replica_is_verified_and_kept_alive(scripted, tmp_path, monkeypatch) -> None:
+    authority = trustme.CA()
+    served = authority.issue_cert("127.0.0.1")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.configure_cert(tls)
+    server, url = await scripted([answer(OK), answer(OK)], tls=tls)
+    trusting = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(trusting))
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusting))  # the system's trust, as a test sets it
+    upstream = pool()
+    for _ in range(2):
+        response = await upstream.request(url, "POST", "/v1/x", {}, b"{}")
+        assert (response.status, await read_all(response)) == (200, b"{}")
+        response.release()
+    assert server.connections == 1  # kept alive over TLS too
+    port = url.rsplit(":", 1)[1]
+    assert f"Host: 127.0.0.1:{port}\r\n".encode() in server.heads[0]
+    await upstream.close()
+
+    monkeypatch.delenv("SSL_CERT_FILE")  # a replica whose certificate nobody vouches for
+    untrusting = pool()
+    with pytest.raises(ConnectFailed):
+        await untrusting.request(url, "POST", "/v1/x", {}, b"{}")
+    await untrusting.close()
