@@ -538,6 +538,7 @@ class ProxyHandler:
                     first = False
                     ends_event = head.endswith(b"\n\n")
             pooled = upstream.content if type(upstream) is UpstreamResponse else None
+            written = False  # the whole response, end included
             if first:
                 chunk = await upstream.content.readany()
                 if chunk:
@@ -545,11 +546,14 @@ class ProxyHandler:
                     ends_event = chunk.endswith(b"\n\n")
                     if pooled is not None and pooled.ended:  # the whole body came at once
                         await response.write_eof(chunk)  # head, body and end: one write
+                        written = True
                     else:
                         await response.write(chunk)  # with the head, in one write
                     self.first_chunk(ticket, received, is_sse)
             last = b""
-            if pooled is not None and request.protocol is not None:
+            if written:
+                pass
+            elif pooled is not None:
                 assert writer is not None
                 chunked = getattr(writer, "chunked", False)  # aiohttp's StreamWriter says
                 splice = Splice(pooled, request.protocol, writer.drain, chunked, watch)

@@ -228,9 +228,9 @@ class UpstreamResponse:
             self._connection.abort()
 
     def close(self) -> None:
-        """Stop here: the replica sees the connection close and aborts the request."""
-        if not self.content.ended:
-            self._connection.abort()
+        """Stop here: the replica sees the connection close and aborts the request (a whole
+        body has nothing left to stop)."""
+        self.release()
 
 
 class UpstreamConnection(asyncio.Protocol):
