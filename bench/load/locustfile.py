@@ -1,4 +1,4 @@
-"""Locust users holding multi-turn, streamed chat sessions (SPEC 8).
+"""Locust users holding multi-turn, streamed chat sessions.
 
     locust -f bench/load/locustfile.py --host http://127.0.0.1:8000 [--headless -u 48 -r 8 -t 75s]
 
