@@ -113,3 +113,73 @@ async def test_index_predicts_the_cached_tokens_vllm_reports_for_every_turn(
             assert rank["lag_s"] is not None and rank["lag_s"] < 2.0, rank
     lags = [rank["lag_s"] for row in status["replicas"] for rank in row["kv_events"]["ranks"]]
     print(f"subscriber lag of the last batch per engine: {lags} s")
+
+
+async def test_a_router_started_mid_run_sends_every_later_turn_to_the_engine_holding_it(
+    vllm_engines: EngineFleet, router: RouterClient, logit_bias: dict[str, float]
+) -> None:
+    """No session header: router A places the conversations' first turns; router B, started
+    after them, has seen none of them and finds each one's engine from the KV events alone."""
+    for url in vllm_engines.urls:
+        reset_prefix_cache(url)
+    flush_events(vllm_engines, logit_bias)
+    specs = [engine.replica_spec for engine in vllm_engines.engines]
+    truth = {
+        "scrape_interval": 0.5,
+        "first_byte_timeout": 60,
+        "idle_timeout": 60,
+        "tokenizer": str(vllm_engines.config.model_dir),
+    }
+    first = await router(specs, **truth)
+    sdk_a = openai.AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key="unused", max_retries=0)
+    await settled(first)
+    model, names = vllm_engines.config.name, [f"midrun-{i}" for i in range(SESSIONS)]
+    histories = {name: opening(name) for name in names}
+    served: dict[str, str] = {}
+
+    async def step(sdk: openai.AsyncOpenAI, name: str, n: int, routes: dict[str, str]) -> Any:
+        answer, replica, usage = await turn(
+            sdk, model, histories[name], name, logit_bias, header=False, routes=routes
+        )
+        served.setdefault(name, replica)
+        histories[name] = [
+            *histories[name],
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"And what about fact {n}?"},
+        ]
+        return replica, usage
+
+    routes_a: dict[str, str] = {}
+    for n in range(2):  # two turns of every conversation through router A
+        for name in names:
+            await step(sdk_a, name, n, routes_a)
+    second = await router(specs, **truth)  # started mid-run: it has routed nothing
+    sdk_b = openai.AsyncOpenAI(
+        base_url=str(second.make_url("/v1")), api_key="unused", max_retries=0
+    )
+    fleet_b = second.app[FLEET]
+    assert fleet_b.prompts is not None
+    for name in names:  # until A's turns reached B's index (caught up through the replay socket)
+        tokens = fleet_b.prompts.request_tokens(
+            "/v1/chat/completions", {"messages": histories[name]}
+        )
+        assert tokens is not None
+        deadline = time.monotonic() + 10
+        while not fleet_b.blocks.cached_tokens(tokens).get(served[name]):
+            assert time.monotonic() < deadline, name
+            await asyncio.sleep(0.05)
+    routes_b: dict[str, str] = {}
+    outcomes: list[tuple[str, int, str, str, int]] = []  # name, turn, engine, route, cached
+    for n in range(2, TURNS):
+        for name in names:
+            replica, usage = await step(sdk_b, name, n, routes_b)
+            outcomes.append(
+                (name, n, replica, routes_b[name], usage.prompt_tokens_details.cached_tokens)
+            )
+    print(
+        f"\nrouter started mid-run: first turns on {sorted(served.values())}; later turns "
+        f"through it: {[(n, t, r.rsplit(':', 1)[-1], route, c) for n, t, r, route, c in outcomes]}"
+    )
+    for name, n, replica, route, cached in outcomes:
+        assert replica == served[name], (name, n, route)
+        assert cached > 0, (name, n, route)

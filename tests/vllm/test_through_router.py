@@ -60,10 +60,14 @@ async def turn(
     started: asyncio.Event | None = None,
     extra: dict[str, Any] | None = None,
     served_by: dict[str, str] | None = None,
+    header: bool = True,
+    routes: dict[str, str] | None = None,
 ) -> tuple[str, str, Any]:
     """One streamed turn through the router; returns (answer, replica, usage).
 
-    `started` is set once content has arrived; `extra` adds vLLM fields to the body."""
+    `started` is set once content has arrived; `extra` adds vLLM fields to the body; without
+    `header` no session id is sent (the router keys on the prompt); `routes` collects each
+    session's last route (x-router-route)."""
     params: Any = messages
     raw = await sdk.chat.completions.with_raw_response.create(
         model=model,
@@ -73,11 +77,13 @@ async def turn(
         max_tokens=max_tokens,
         temperature=0.0,
         extra_body={"logit_bias": bias, **(extra or {})},  # vLLM takes float biases
-        extra_headers={"X-Session-Id": session},
+        extra_headers={"X-Session-Id": session} if header else None,
     )
     replica = raw.headers["x-router-replica"]
     if served_by is not None:
         served_by[session] = replica
+    if routes is not None:
+        routes[session] = raw.headers["x-router-route"]
     answer, usage = [], None
     async for chunk in raw.parse():
         if chunk.choices and chunk.choices[0].delta.content:
