@@ -29,6 +29,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.mock_vllm.tokenizer import TOKENIZER_FOLDER
 from deploy import CHART, DASHBOARD, DASHBOARD_COPY, ROOT, ROUTER_CONFIG, RULES
 from deploy.checks.chart import Docs, by_kind, documents, render
 from deploy.checks.panels import all_exprs, metric_names, substitute
@@ -59,7 +60,12 @@ EVERYTHING_ON: dict[str, Any] = {
             ],
             "upstream_header": ["Authorization=Bearer abc"],
             "admin_port": 9090,
+            "tokenizer": "/models/tokenizer",
         },
+        "extraVolumes": [{"name": "tokenizer", "configMap": {"name": "llama-tokenizer"}}],
+        "extraVolumeMounts": [
+            {"name": "tokenizer", "mountPath": "/models/tokenizer", "readOnly": True}
+        ],
         "apiKeySecret": {"name": "router-api-keys", "key": "keys"},
         "extraArgs": ["--log-level", "debug"],
         "extraEnv": [{"name": "ROUTER_SPILL_TTL", "value": "60"}],
@@ -180,8 +186,12 @@ def check_router_pods(report: Report, label: str, docs: Docs) -> None:
     if len(config_maps) != 1:
         report.fail(f"{label}: expected one ConfigMap with config.yaml, got {len(config_maps)}")
         return
+    rendered = yaml.safe_load(config_maps[0]["data"]["config.yaml"])
+    tokenizer = str(rendered.get("tokenizer") or "").rstrip("/")
+    if tokenizer:  # a path in the pod: load it here with tokenizer files that exist
+        rendered["tokenizer"] = str(TOKENIZER_FOLDER)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
-        handle.write(config_maps[0]["data"]["config.yaml"])
+        yaml.safe_dump(rendered, handle)
         handle.flush()
         try:
             config = load_config(["--config", handle.name], environ={})
@@ -217,6 +227,15 @@ def check_router_pods(report: Report, label: str, docs: Docs) -> None:
         problems.append("no checksum/config annotation")
     if container["ports"][0]["containerPort"] != config.port:
         problems.append("containerPort differs from router.config.port")
+    volumes = {volume["name"] for volume in pod["volumes"]}
+    mounts = container["volumeMounts"]
+    if any(mount["name"] not in volumes for mount in mounts):
+        problems.append("a volume mount names no pod volume")
+    if tokenizer and not any(
+        tokenizer == m["mountPath"].rstrip("/") or tokenizer.startswith(m["mountPath"] + "/")
+        for m in mounts
+    ):
+        problems.append(f"router.config.tokenizer {tokenizer!r} is under no volume mount")
     what = f"{label}: router Deployment probes, security, drain"
     report.expect(not problems, what, str(problems))
 
@@ -269,6 +288,7 @@ def check_chart(report: Report) -> None:
         if not validate_manifests(report, label, docs):
             continue  # the checks below read fields that may be malformed
         check_router_pods(report, label, docs)
+        check_notes(report, label, overrides, manifests)
         if label == "default values":
             check_dashboard_config_map(report, docs)
         check_prometheus_rule(report, label, docs)
@@ -279,6 +299,24 @@ def check_chart(report: Report) -> None:
             report.ok(f"refused as it should be: {label} ({one_line(str(error))})")
         else:
             report.fail(f"the chart accepts values it must refuse: {label}")
+
+
+def check_notes(
+    report: Report, label: str, overrides: dict[str, Any], manifests: dict[str, str]
+) -> None:
+    """NOTES.txt warns exactly when several router pods run without engine truth."""
+    (notes,) = [text for path, text in manifests.items() if path.endswith("NOTES.txt")]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    pods = overrides.get("replicaCount", defaults["replicaCount"])
+    scaled = overrides.get("autoscaling", {}).get("enabled", defaults["autoscaling"]["enabled"])
+    tokenizer = overrides.get("router", {}).get("config", {}).get("tokenizer", "")
+    wanted = (pods > 1 or scaled) and not tokenizer
+    warned = "Several router pods, no engine truth" in notes
+    report.expect(
+        warned == wanted,
+        f"{label}: NOTES {'warn' if wanted else 'do not warn'} of router pods without engine truth",
+        f"warned={warned}, expected {wanted}",
+    )
 
 
 def check_dashboard_config_map(report: Report, docs: Docs) -> None:
