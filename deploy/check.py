@@ -288,7 +288,7 @@ def check_chart(report: Report) -> None:
         if not validate_manifests(report, label, docs):
             continue  # the checks below read fields that may be malformed
         check_router_pods(report, label, docs)
-        check_notes(report, label, overrides, manifests)
+        check_notes(report, label, values, overrides, manifests)
         if label == "default values":
             check_dashboard_config_map(report, docs)
         check_prometheus_rule(report, label, docs)
@@ -302,11 +302,14 @@ def check_chart(report: Report) -> None:
 
 
 def check_notes(
-    report: Report, label: str, overrides: dict[str, Any], manifests: dict[str, str]
+    report: Report,
+    label: str,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any],
+    manifests: dict[str, str],
 ) -> None:
     """NOTES.txt warns exactly when several router pods run without engine truth."""
     (notes,) = [text for path, text in manifests.items() if path.endswith("NOTES.txt")]
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     pods = overrides.get("replicaCount", defaults["replicaCount"])
     scaled = overrides.get("autoscaling", {}).get("enabled", defaults["autoscaling"]["enabled"])
     tokenizer = overrides.get("router", {}).get("config", {}).get("tokenizer", "")

@@ -18,7 +18,7 @@ from bench.endpoints import http
 from bench.real.vllm_engines import EngineFleet, reset_prefix_cache
 from router.app import FLEET, SUBSCRIBERS
 from tests.conftest import RouterClient
-from tests.vllm.test_through_router import opening, turn
+from tests.vllm.test_through_router import BLOCK, opening, turn
 
 pytestmark = pytest.mark.vllm
 
@@ -36,6 +36,17 @@ def flush_events(fleet: EngineFleet, bias: dict[str, float]) -> None:
             "logit_bias": bias,
         }
         assert http("POST", url + "/v1/chat/completions", body, timeout=60)[0] == 200
+
+
+async def router_with_engine_truth(router: RouterClient, fleet: EngineFleet) -> Any:
+    """A router over the engines' event endpoints, with the served model's tokenizer."""
+    return await router(
+        [engine.replica_spec for engine in fleet.engines],
+        scrape_interval=0.5,
+        first_byte_timeout=60,
+        idle_timeout=60,
+        tokenizer=str(fleet.config.model_dir),
+    )
 
 
 async def settled(client: Any, timeout: float = 3.0, quiet: float = 0.3) -> None:
@@ -62,14 +73,7 @@ async def test_index_predicts_the_cached_tokens_vllm_reports_for_every_turn(
     for url in vllm_engines.urls:
         reset_prefix_cache(url)
     flush_events(vllm_engines, logit_bias)
-    specs = [engine.replica_spec for engine in vllm_engines.engines]
-    client = await router(
-        specs,
-        scrape_interval=0.5,
-        first_byte_timeout=60,
-        idle_timeout=60,
-        tokenizer=str(vllm_engines.config.model_dir),
-    )
+    client = await router_with_engine_truth(router, vllm_engines)
     fleet = client.app[FLEET]
     assert fleet.prompts is not None
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
@@ -123,21 +127,16 @@ async def test_a_router_started_mid_run_sends_every_later_turn_to_the_engine_hol
     for url in vllm_engines.urls:
         reset_prefix_cache(url)
     flush_events(vllm_engines, logit_bias)
-    specs = [engine.replica_spec for engine in vllm_engines.engines]
-    truth = {
-        "scrape_interval": 0.5,
-        "first_byte_timeout": 60,
-        "idle_timeout": 60,
-        "tokenizer": str(vllm_engines.config.model_dir),
-    }
-    first = await router(specs, **truth)
+    first = await router_with_engine_truth(router, vllm_engines)
     sdk_a = openai.AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key="unused", max_retries=0)
     await settled(first)
     model, names = vllm_engines.config.name, [f"midrun-{i}" for i in range(SESSIONS)]
     histories = {name: opening(name) for name in names}
     served: dict[str, str] = {}
 
-    async def step(sdk: openai.AsyncOpenAI, name: str, n: int, routes: dict[str, str]) -> Any:
+    async def step(
+        sdk: openai.AsyncOpenAI, name: str, n: int, routes: dict[str, str] | None = None
+    ) -> Any:
         answer, replica, usage = await turn(
             sdk, model, histories[name], name, logit_bias, header=False, routes=routes
         )
@@ -149,23 +148,30 @@ async def test_a_router_started_mid_run_sends_every_later_turn_to_the_engine_hol
         ]
         return replica, usage
 
-    routes_a: dict[str, str] = {}
     for n in range(2):  # two turns of every conversation through router A
         for name in names:
-            await step(sdk_a, name, n, routes_a)
-    second = await router(specs, **truth)  # started mid-run: it has routed nothing
+            await step(sdk_a, name, n)
+    second = await router_with_engine_truth(
+        router, vllm_engines
+    )  # started mid-run: it has routed nothing
     sdk_b = openai.AsyncOpenAI(
         base_url=str(second.make_url("/v1")), api_key="unused", max_retries=0
     )
     fleet_b = second.app[FLEET]
     assert fleet_b.prompts is not None
-    for name in names:  # until A's turns reached B's index (caught up through the replay socket)
+    # B routes as soon as it is up, but the test is about engine truth once B has caught up:
+    # until B's index holds each conversation as A's does (the replay of everything the engines
+    # published since they started, the previous test's turns included, takes a moment).
+    index_a, index_b = first.app[FLEET].blocks, fleet_b.blocks
+    for name in names:
         tokens = fleet_b.prompts.request_tokens(
             "/v1/chat/completions", {"messages": histories[name]}
         )
         assert tokens is not None
+        held = index_a.cached_tokens(tokens).get(served[name], 0)
+        assert held > BLOCK, (name, held)  # more than the opening all conversations share
         deadline = time.monotonic() + 10
-        while not fleet_b.blocks.cached_tokens(tokens).get(served[name]):
+        while index_b.cached_tokens(tokens).get(served[name], 0) < held:
             assert time.monotonic() < deadline, name
             await asyncio.sleep(0.05)
     routes_b: dict[str, str] = {}
