@@ -21,9 +21,10 @@ from router.config import Config
 from router.core.keys import KeyExtractor, KeyRules
 from router.core.response_owners import stored_response_id
 from router.discovery import DnsDiscovery
+from router.exchange import AiohttpExchange, aiohttp_response, error_reply
 from router.fleet import Fleet
 from router.lookup import PromptLookup
-from router.proxy import UPLOAD_ROUTES, VLLM_ROUTES, ProxyHandler, error_response
+from router.proxy import UPLOAD_ROUTES, VLLM_ROUTES, ProxyHandler
 from router.replicas import HealthChecker, ReplicaSet
 from router.scraper import Scraper
 from router.stored_responses import RESPONSES_PATH, StoredResponses
@@ -36,6 +37,7 @@ CONFIG = web.AppKey("config", Config)
 FLEET = web.AppKey("fleet", Fleet)
 SCRAPER = web.AppKey("scraper", Scraper)
 SUBSCRIBERS = web.AppKey("subscribers", EventSubscribers)
+PROXY = web.AppKey("proxy", ProxyHandler)  # made at start-up, when the loop exists
 # Any rest of a path, newlines included: a decoded %0A in it must still reach a JSON answer.
 ANY_TAIL = r"[\s\S]*"
 
@@ -63,17 +65,23 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
     fleet = Fleet(config)
     app[CONFIG] = config
     app[FLEET] = fleet
-    handler: dict[str, ProxyHandler] = {}  # filled at start-up, when the loop exists
 
     async def proxy(request: web.Request) -> web.StreamResponse:
-        return await handler["proxy"].handle(request)
+        return await served(request)
 
     async def stored_response(request: web.Request) -> web.StreamResponse:
-        response_id = stored_response_id(request.match_info["response_id"])
-        return await handler["proxy"].handle(request, stored=response_id)
+        return await served(request, stored_response_id(request.match_info["response_id"]))
 
     async def upload(request: web.Request) -> web.StreamResponse:
-        return await handler["proxy"].handle(request, upload=True)
+        return await served(request, upload=True)
+
+    async def served(
+        request: web.Request, stored: str | None = None, upload: bool = False
+    ) -> web.StreamResponse:
+        exchange = AiohttpExchange(request)
+        await app[PROXY].handle(exchange, stored, upload)
+        assert exchange.response is not None
+        return exchange.response
 
     add_probe_routes(app, fleet.replicas)
     if admin if admin is not None else not config.admin_port:
@@ -87,7 +95,7 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
         app.router.add_post(path, proxy)
     app.router.add_route("*", "/v1/{tail:" + ANY_TAIL + "}", proxy)
     app.router.add_route("*", "/{tail:" + ANY_TAIL + "}", not_found)
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, handler))
+    app.cleanup_ctx.append(_lifecycle)
     return app
 
 
@@ -138,10 +146,11 @@ def add_admin_routes(app: web.Application, main: web.Application) -> None:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    return error_response(404, f"no route {request.method} {request.path}", "not_found_error")
+    reply = error_reply(404, f"no route {request.method} {request.path}", "not_found_error")
+    return aiohttp_response(reply)
 
 
-async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> AsyncIterator[None]:
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     config, fleet = app[CONFIG], app[FLEET]
     replicas = fleet.replicas
     # No read timeout here: the relay watches for silence itself (proxy.IdleWatch), without a
@@ -171,7 +180,7 @@ async def _lifecycle(app: web.Application, handler: dict[str, ProxyHandler]) -> 
         keepalive_timeout=config.keepalive_timeout,
         limit=config.max_connections_per_replica,
     )
-    handler["proxy"] = ProxyHandler(
+    app[PROXY] = ProxyHandler(
         config,
         extractor=key_extractor(config),
         policy=fleet.policy,

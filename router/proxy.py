@@ -20,8 +20,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import MultiMapping
 
 from router import metrics
 from router.config import Config
@@ -36,6 +35,7 @@ from router.core.loads import Loads, Ticket
 from router.core.outliers import OutlierDetector
 from router.core.policies import Outcome, Policy, Route, Turn
 from router.core.response_owners import stored_response_id
+from router.exchange import BodyTooLarge, Exchange, Reply, error_reply
 from router.lookup import PromptLookup
 from router.replicas import ReplicaSet
 from router.splice import Splice
@@ -78,12 +78,6 @@ SSE_ERROR_PREFIX = b"event: error\ndata: "
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away first"
 Body = bytes | aiohttp.StreamReader  # read whole, or an upload streaming through
 Upstream = UpstreamResponse | aiohttp.ClientResponse  # pooled raw protocol, or aiohttp's client
-
-
-def error_response(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
-    """An OpenAI-style error object."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code or status}}
-    return web.json_response(body, status=status)
 
 
 if sys.version_info >= (3, 11):
@@ -200,29 +194,29 @@ class ProxyHandler:
         self.inflight = 0
 
     async def handle(
-        self, request: web.Request, stored: str | None = None, upload: bool = False
-    ) -> web.StreamResponse:
-        """`stored`: the response id of a `/v1/responses/{id}` path; `upload`: a multipart body
-        to stream through."""
+        self, exchange: Exchange, stored: str | None = None, upload: bool = False
+    ) -> None:
+        """Answer one request through `exchange`. `stored`: the response id of a
+        `/v1/responses/{id}` path; `upload`: a multipart body to stream through."""
         received = time.perf_counter()
-        refusal = self.admission(request)
+        refusal = self.admission(exchange)
         if refusal is not None:
-            return self.finish(refusal, "none", None, received)
+            return self.finish(exchange, refusal, "none", None, received)
         self.inflight += 1
         try:
-            return await self.route_and_forward(request, received, stored, upload)
+            await self.route_and_forward(exchange, received, stored, upload)
         finally:
             self.inflight -= 1
 
-    def admission(self, request: web.Request) -> web.Response | None:
+    def admission(self, exchange: Exchange) -> Reply | None:
         """Who may come in: a valid API key when keys are set, and room under --max-inflight."""
-        if self.api_keys and not self.authorized(request.headers.get("Authorization", "")):
-            return error_response(
+        if self.api_keys and not self.authorized(exchange.headers.get("Authorization", "")):
+            return error_reply(
                 401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
             )
         limit = self.config.max_inflight
         if limit and self.inflight >= limit:
-            reply = error_response(
+            reply = error_reply(
                 429, "router at its in-flight limit", "rate_limit_error", "too_many_requests"
             )
             reply.headers["Retry-After"] = "1"
@@ -237,19 +231,19 @@ class ProxyHandler:
         return any(matches)
 
     async def route_and_forward(
-        self, request: web.Request, received: float, stored: str | None, upload: bool
-    ) -> web.StreamResponse:
+        self, exchange: Exchange, received: float, stored: str | None, upload: bool
+    ) -> None:
         # --- parse once (an upload is not read here: it streams through as it arrives)
         body: Body
         if upload:
-            body, parsed, problem = self.upload_body(request)
-            size = request.content_length or 0
+            body, parsed, problem = self.upload_body(exchange)
+            size = exchange.content_length or 0
         else:
-            data, parsed, problem = await self.read_body(request)
+            data, parsed, problem = await self.read_body(exchange)
             body, size = data, len(data)
         if problem is not None:
-            return self.finish(problem, "none", None, received)
-        key = self.extractor.extract(request.headers, parsed)
+            return self.finish(exchange, problem, "none", None, received)
+        key = self.extractor.extract(exchange.headers, parsed)
         turn = Turn(
             key,
             size / self.bytes_per_token,
@@ -261,64 +255,63 @@ class ProxyHandler:
         if stored is None and previous is None:
             route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         else:
-            chosen = await self.route_stored(request, stored, previous, turn)
-            if isinstance(chosen, web.Response):
-                return self.finish(chosen, key.kind.value, None, received)
+            chosen = await self.route_stored(exchange, stored, previous, turn)
+            if isinstance(chosen, Reply):
+                return self.finish(exchange, chosen, key.kind.value, None, received)
             route = chosen
         if route.lookup and self.lookup is not None:  # in doubt: ask engine truth, then again
-            cached = await self.lookup.cached(request.path, parsed, turn.tokens)
+            cached = await self.lookup.cached(exchange.path, parsed, turn.tokens)
             turn = replace(turn, cached=cached)
             route = self.policy.route(turn, self.loads, time.monotonic(), self.config.max_attempts)
         if upload:  # sent once: no failover once its bytes have left
             route = replace(route, candidates=route.candidates[:1])
         if not route.candidates:
-            reply = error_response(503, "no healthy replica", "service_unavailable")
+            reply = error_reply(503, "no healthy replica", "service_unavailable")
             reply.headers["Retry-After"] = "1"
-            return self.finish(reply, key.kind.value, None, received)
+            return self.finish(exchange, reply, key.kind.value, None, received)
         # --- forward, relay, record
-        return await self.forward(request, body, turn, route, received)
+        await self.forward(exchange, body, turn, route, received)
 
-    async def read_body(self, request: web.Request) -> tuple[bytes, Any, web.Response | None]:
-        if (
-            request.content_length is not None
-            and request.content_length > self.config.max_body_bytes
-        ):
+    async def read_body(self, exchange: Exchange) -> tuple[bytes, Any, Reply | None]:
+        length = exchange.content_length
+        if length is not None and length > self.config.max_body_bytes:
             return b"", None, self.too_large()
         try:
-            if request.content.is_eof():  # all of it arrived with the headers: nothing to wait
-                body = await request.read()
+            if exchange.body_in_hand:  # all of it arrived with the headers: nothing to wait
+                body = await exchange.read()
             else:
                 async with deadline(self.config.client_idle_timeout):
-                    body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+                    body = await exchange.read()
+        except BodyTooLarge:
             return b"", None, self.too_large()
         except asyncio.TimeoutError:
             return (
                 b"",
                 None,
-                error_response(408, "request body too slow", "invalid_request_error", "timeout"),
+                error_reply(408, "request body too slow", "invalid_request_error", "timeout"),
             )
-        if request.method != "POST" or not body or not self.is_json(request):
+        if exchange.method != "POST" or not body or not self.is_json(exchange):
             return body, None, None
         try:
             return body, JSON.decode(body), None
         except (ValueError, RecursionError) as error:
             message = f"request body is not valid JSON: {str(error)[:200]}"
-            return body, None, error_response(400, message, "invalid_request_error", "invalid_json")
+            return body, None, error_reply(400, message, "invalid_request_error", "invalid_json")
 
-    def upload_body(self, request: web.Request) -> tuple[Body, None, web.Response | None]:
+    def upload_body(self, exchange: Exchange) -> tuple[Body, None, Reply | None]:
         """A multipart body to stream through: its declared length is checked, nothing read."""
-        if request.content_length is None:
+        if exchange.content_length is None:
             message = "an upload must declare its Content-Length"
-            refusal = error_response(411, message, "invalid_request_error", "length_required")
+            refusal = error_reply(411, message, "invalid_request_error", "length_required")
             return b"", None, refusal
-        if request.content_length > self.config.max_body_bytes:
+        if exchange.content_length > self.config.max_body_bytes:
             return b"", None, self.too_large()
-        return request.content, None, None
+        assert exchange.stream is not None  # uploads are served by aiohttp's server
+        return exchange.stream, None, None
 
     async def route_stored(
-        self, request: web.Request, stored: str | None, previous: Any, turn: Turn
-    ) -> Route | web.Response:
+        self, exchange: Exchange, stored: str | None, previous: Any, turn: Turn
+    ) -> Route | Reply:
         """To the replica holding the stored Response a path names (`stored`) or a turn continues
         (`previous`) (docs/design.md, "Stored Responses"). A turn that continues one feeds
         placement: its conversation's cache is there too."""
@@ -326,16 +319,14 @@ class ProxyHandler:
         response_id = stored or stored_response_id(previous)
         if response_id is None:  # not an id worth looking up: the replica will say so
             return self.policy.route(turn, self.loads, now, self.config.max_attempts)
-        owner = await self.responses.owner(response_id, self.replica_auth(request))
+        owner = await self.responses.owner(response_id, self.replica_auth(exchange))
         if owner.found is Found.LOST:  # no healthy replica holds it: vLLM's own 404
             if is_error_object(owner.not_found):
-                return web.Response(
-                    status=404, body=owner.not_found, content_type="application/json"
-                )
+                return Reply(404, owner.not_found)
             message = f"no replica holds response {response_id!r}"
-            return error_response(404, message, "invalid_request_error", "response_not_found")
+            return error_reply(404, message, "invalid_request_error", "response_not_found")
         if owner.found is Found.UNAVAILABLE:
-            reply = error_response(
+            reply = error_reply(
                 503, "the replica holding this response is unavailable", "service_unavailable"
             )
             reply.headers["Retry-After"] = "1"
@@ -346,17 +337,17 @@ class ProxyHandler:
             self.policy.moved(turn, owner.replica, now)
         return Route((owner.replica,), Outcome.STORED_RESPONSE, turn.tokens)
 
-    def replica_auth(self, request: web.Request) -> dict[str, str]:
+    def replica_auth(self, exchange: Exchange) -> dict[str, str]:
         """The client's Authorization when it passes through to vLLM (no router keys)."""
-        auth = request.headers.get("Authorization")
+        auth = exchange.headers.get("Authorization")
         return {"Authorization": auth} if auth and not self.api_keys else {}
 
-    def is_json(self, request: web.Request) -> bool:
-        return request.path in JSON_ROUTES or request.content_type == "application/json"
+    def is_json(self, exchange: Exchange) -> bool:
+        return exchange.path in JSON_ROUTES or exchange.content_type == "application/json"
 
-    def too_large(self) -> web.Response:
+    def too_large(self) -> Reply:
         limit = self.config.max_body_bytes
-        return error_response(
+        return error_reply(
             413,
             f"request body larger than {limit} bytes",
             "invalid_request_error",
@@ -365,16 +356,16 @@ class ProxyHandler:
 
     async def forward(
         self,
-        request: web.Request,
+        exchange: Exchange,
         body: Body,
         turn: Turn,
         route: Route,
         received: float,
-    ) -> web.StreamResponse:
+    ) -> None:
         key = turn.key
         kind = key.kind.value
         metrics.decisions(kind, route.outcome.value).inc()
-        headers = self.upstream_headers(request.headers, key)
+        headers = self.upstream_headers(exchange.headers, key)
         failure: UpstreamFailure | None = None
         for attempt, url in enumerate(route.candidates):
             if attempt:
@@ -390,7 +381,7 @@ class ProxyHandler:
                     metrics.OVERHEAD.observe(time.perf_counter() - received)
                 try:
                     upstream = await self.open(
-                        request,
+                        exchange,
                         url,
                         body,
                         with_headers(headers, replica.headers) if replica.headers else headers,
@@ -406,7 +397,7 @@ class ProxyHandler:
                 if attempt:
                     outcome = Outcome.FAILOVER
                     self.policy.moved(turn, url, time.monotonic())
-                return await self.relay(request, upstream, ticket, kind, outcome, received)
+                return await self.relay(exchange, upstream, ticket, kind, outcome, received)
             except UpstreamFailure as error:
                 failure = error
                 metrics.UPSTREAM_ERRORS.labels(url, error.kind).inc()
@@ -416,10 +407,10 @@ class ProxyHandler:
         assert failure is not None or not route.candidates
         status = failure.status if failure else 502
         message = f"no replica could serve the request: {failure}" if failure else "no replica"
-        reply = error_response(status, message, "upstream_error")
-        return self.finish(reply, kind, None, received)
+        reply = error_reply(status, message, "upstream_error")
+        return self.finish(exchange, reply, kind, None, received)
 
-    def upstream_headers(self, incoming: CIMultiDictProxy[str], key: RoutingKey) -> dict[str, str]:
+    def upstream_headers(self, incoming: MultiMapping[str], key: RoutingKey) -> dict[str, str]:
         # The router's own headers replace the client's, whatever their case: one of each travels.
         dropped: Collection[str] = self.dropped_unkeyed if key.is_none else self.dropped_keyed
         connection = incoming.get("Connection")
@@ -432,14 +423,15 @@ class ProxyHandler:
         return headers
 
     async def open(
-        self, request: web.Request, url: str, body: Body, headers: dict[str, str]
+        self, exchange: Exchange, url: str, body: Body, headers: dict[str, str]
     ) -> Upstream:
         """Send the request and wait for the response headers (the first byte)."""
-        if type(body) is bytes and request.method != "HEAD":
-            return await self.open_pooled(request, url, body, headers)
-        target = url + request.rel_url.raw_path_qs
+        method = exchange.method
+        if type(body) is bytes and method != "HEAD":
+            return await self.open_pooled(method, exchange.target, url, body, headers)
+        target = url + exchange.target
         try:
-            return await self._send(self.session, request.method, target, body, headers)
+            return await self._send(self.session, method, target, body, headers)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
             if isinstance(error, aiohttp.ClientConnectorError):
                 raise UpstreamFailure(
@@ -453,7 +445,7 @@ class ProxyHandler:
                     "connect", 502, f"replica dropped the upload: {error}"
                 ) from error
             try:
-                return await self._send(self.fresh_session, request.method, target, body, headers)
+                return await self._send(self.fresh_session, method, target, body, headers)
             except aiohttp.ClientError as retry_error:
                 raise UpstreamFailure(
                     "connect", 502, f"replica dropped the request: {retry_error}"
@@ -464,9 +456,8 @@ class ProxyHandler:
             raise UpstreamFailure("connect", 502, f"replica request failed: {error}") from error
 
     async def open_pooled(
-        self, request: web.Request, url: str, body: bytes, headers: dict[str, str]
+        self, method: str, target: str, url: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse:
-        method, target = request.method, request.rel_url.raw_path_qs
         try:
             try:
                 async with deadline(self.config.first_byte_timeout):
@@ -500,40 +491,32 @@ class ProxyHandler:
 
     async def relay(
         self,
-        request: web.Request,
+        exchange: Exchange,
         upstream: Upstream,
         ticket: Ticket,
         kind: str,
         outcome: Outcome,
         received: float,
-    ) -> web.StreamResponse:
+    ) -> None:
         """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
         url = ticket.account.url
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=[
-                item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP
-            ],
-        )
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        headers = [item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP]
         if self.config.route_headers:
-            response.headers["x-router-replica"] = url
-            response.headers["x-router-route"] = f"{kind}/{outcome.value}"
+            headers.append(("x-router-replica", url))
+            headers.append(("x-router-route", f"{kind}/{outcome.value}"))
         is_sse = upstream.content_type == "text/event-stream"
         status = upstream.status
         watch = IdleWatch(upstream.content, self.config.idle_timeout)
         splice: Splice | None = None
         try:
-            writer = await response.prepare(request)
+            await exchange.start(status, upstream.reason, headers, upstream.content_length)
             first = True
             ends_event = True
-            if status == 200 and request.path == RESPONSES_PATH:
+            if status == 200 and exchange.path == RESPONSES_PATH:
                 # A created Response: learn where it is stored from its head, then relay that.
                 head = await self.responses.learn(upstream.content, is_sse, url)
                 if head:
-                    await response.write(head)
+                    await exchange.write(head)
                     self.first_chunk(ticket, received, is_sse)
                     first = False
                     ends_event = head.endswith(b"\n\n")
@@ -545,26 +528,25 @@ class ProxyHandler:
                     watch.tick()
                     ends_event = chunk.endswith(b"\n\n")
                     if pooled is not None and pooled.ended:  # the whole body came at once
-                        await response.write_eof(chunk)  # head, body and end: one write
+                        await exchange.end(chunk)  # head, body and end: one write
                         written = True
                     else:
-                        await response.write(chunk)  # with the head, in one write
+                        await exchange.write(chunk)  # with the head, in one write
                     self.first_chunk(ticket, received, is_sse)
             last = b""
             if written:
                 pass
             elif pooled is not None:
-                assert writer is not None
-                chunked = getattr(writer, "chunked", False)  # aiohttp's StreamWriter says
-                splice = Splice(pooled, request.protocol, writer.drain, chunked, watch)
+                splice = Splice(pooled, exchange, watch)
                 await splice.run()
                 last = splice.last_bytes
             else:
                 async for chunk in upstream.content.iter_any():
                     watch.tick()
-                    await response.write(chunk)
+                    await exchange.write(chunk)
                     ends_event = chunk.endswith(b"\n\n")
-            await response.write_eof(last)  # the stream's last bytes and its end: one write
+            if not written:
+                await exchange.end(last)  # the stream's last bytes and its end: one write
             upstream.release()
             self.replicas.record_success(url)
         except (
@@ -574,18 +556,18 @@ class ProxyHandler:
             asyncio.TimeoutError,
         ) as error:
             upstream.close()  # the replica sees the close and aborts the request, freeing its KV
-            if request.transport is None or request.transport.is_closing():
-                # The client left, and a write noticed before aiohttp cancelled this handler:
-                # nothing to tell it, and nothing for aiohttp to log as a server error.
+            if exchange.client_gone():
+                # The client left, and a write noticed before the handler was cancelled:
+                # nothing to tell it, and nothing for the server to log as an error.
                 self.record(url, kind, CLIENT_CLOSED, received)
-                return response
+                return
             metrics.UPSTREAM_ERRORS.labels(url, "stream").inc()
             self.replicas.record_failure(
                 url, time.monotonic(), f"stream broken: {type(error).__name__}"
             )
             if splice is not None and splice.last:
                 ends_event = splice.last.endswith(b"\n\n")
-            await self.end_broken_stream(request, response, is_sse, ends_event)
+            await self.end_broken_stream(exchange, is_sse, ends_event)
             status = 502
         except asyncio.CancelledError:
             upstream.close()
@@ -595,8 +577,7 @@ class ProxyHandler:
             watch.stop()
         self.record(url, kind, status, received)
         if self.debug:
-            self.log_request(request, url, kind, outcome.value, upstream.status, received)
-        return response
+            self.log_request(exchange, url, kind, outcome.value, upstream.status, received)
 
     def first_chunk(self, ticket: Ticket, received: float, is_sse: bool) -> None:
         """The first bytes reached the client: time to first token, and the load it ends."""
@@ -609,14 +590,10 @@ class ProxyHandler:
         if slow is not None:
             self.replicas.eject(url, time.monotonic(), slow)
 
-    async def end_broken_stream(
-        self, request: web.Request, response: web.StreamResponse, is_sse: bool, ends_event: bool
-    ) -> None:
+    async def end_broken_stream(self, exchange: Exchange, is_sse: bool, ends_event: bool) -> None:
         """Once bytes reached the client, an SSE stream ends with an error event, not a hang."""
         if not is_sse:
-            response.force_close()
-            if request.transport is not None:
-                request.transport.close()  # a truncated body, visibly: the connection drops
+            exchange.cut()  # a truncated body, visibly: the connection drops
             return
         error = {
             "error": {"message": "upstream stream broken", "type": "upstream_error", "code": 502}
@@ -627,30 +604,27 @@ class ProxyHandler:
             + json.dumps(error).encode()
             + b"\n\n"
         )
-        try:
-            await response.write(event)
-            await response.write_eof()
-        except (ConnectionError, RuntimeError):
-            pass
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await exchange.end(event)
 
     def finish(
-        self, reply: web.Response, kind: str, url: str | None, received: float
-    ) -> web.Response:
+        self, exchange: Exchange, reply: Reply, kind: str, url: str | None, received: float
+    ) -> None:
+        exchange.reply(reply)
         self.record(url, kind, reply.status, received)
-        return reply
 
     def record(self, url: str | None, kind: str, status: int, received: float) -> None:
         metrics.requests(url or "none", kind, str(status)).inc()
         metrics.DURATION.observe(time.perf_counter() - received)
 
     def log_request(
-        self, request: web.Request, url: str, kind: str, outcome: str, status: int, received: float
+        self, exchange: Exchange, url: str, kind: str, outcome: str, status: int, received: float
     ) -> None:
-        session = request.headers.get("X-Session-Id")
+        session = exchange.headers.get("X-Session-Id")
         log.debug(
             json.dumps(
                 {
-                    "path": request.path,
+                    "path": exchange.path,
                     "replica": url,
                     "key_kind": kind,
                     "route": outcome,

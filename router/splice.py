@@ -11,7 +11,6 @@ fifth of the router's CPU per request at concurrency 32 (README, Router overhead
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import ClientConnectionResetError
@@ -24,34 +23,28 @@ class Watch(Protocol):
 
 
 class ClientWriter(Protocol):
-    """aiohttp's server protocol, as far as the splice needs it."""
+    """The client's side of the exchange (router/exchange.py), as far as the splice needs it."""
 
     @property
     def transport(self) -> asyncio.Transport | None: ...
-
     @property
     def writing_paused(self) -> bool: ...
+    @property
+    def chunked(self) -> bool: ...  # HTTP/1.1 with no length: chunked framing
+    async def drain(self) -> None: ...  # waits while the client's transport is full
 
 
 class Splice:
     """The sink an `UpstreamBody` feeds: `run()` returns once the body is whole, leaving
     `last_bytes` for the handler to write with the response's end."""
 
-    __slots__ = ("body", "chunked", "client", "drain", "ended", "error", "last", "last_bytes",
-                 "must_drain", "waiter", "watch")  # fmt: skip
+    __slots__ = ("body", "chunked", "client", "ended", "error", "last", "last_bytes", "must_drain",
+                 "waiter", "watch")  # fmt: skip
 
-    def __init__(
-        self,
-        body: UpstreamBody,
-        client: ClientWriter,
-        drain: Callable[[], Awaitable[None]],
-        chunked: bool,
-        watch: Watch,
-    ) -> None:
+    def __init__(self, body: UpstreamBody, client: ClientWriter, watch: Watch) -> None:
         self.body = body
         self.client = client
-        self.drain = drain  # the response writer's: waits while the client's transport is full
-        self.chunked = chunked  # HTTP/1.1 with no length: chunked framing, as aiohttp writes it
+        self.chunked = client.chunked
         self.watch = watch
         self.last = b""  # the latest chunk: whether the stream broke between SSE events
         self.ended = False
@@ -107,7 +100,7 @@ class Splice:
             if self.ended:
                 return
             if self.must_drain:
-                await self.drain()  # raises if the client is gone
+                await self.client.drain()  # raises if the client is gone
                 self.must_drain = False
                 self.body.resume_source()
                 continue
