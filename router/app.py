@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +23,7 @@ from router.core.response_owners import stored_response_id
 from router.discovery import DnsDiscovery
 from router.exchange import AiohttpExchange, aiohttp_response, error_reply
 from router.fleet import Fleet
+from router.front import FrontServer
 from router.lookup import PromptLookup
 from router.proxy import UPLOAD_ROUTES, VLLM_ROUTES, ProxyHandler
 from router.replicas import HealthChecker, ReplicaSet
@@ -97,6 +98,15 @@ def build_app(config: Config, admin: bool | None = None) -> web.Application:
     app.router.add_route("*", "/{tail:" + ANY_TAIL + "}", not_found)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+class RouterRunner(web.AppRunner):
+    """aiohttp's AppRunner with the router's front (router/front.py) where its server would be:
+    the front serves the hot requests and hands every other connection to aiohttp's server."""
+
+    async def _make_server(self) -> web.Server:
+        fallback = await super()._make_server()  # starts the app: its ProxyHandler exists now
+        return cast(web.Server, FrontServer(fallback, self.app[PROXY], self.app[CONFIG]))
 
 
 def build_admin_app(main: web.Application) -> web.Application:
@@ -272,8 +282,8 @@ def server_limits(config: Config) -> dict[str, Any]:
 async def serve(config: Config) -> None:
     """Listen until SIGTERM/SIGINT, then stop accepting and drain in-flight streams."""
     app = build_app(config)
-    runners = [
-        web.AppRunner(
+    runners: list[web.AppRunner] = [
+        RouterRunner(
             app,
             handler_cancellation=True,  # a client that leaves cancels its upstream request
             shutdown_timeout=config.drain_seconds,

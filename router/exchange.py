@@ -7,11 +7,10 @@ request and writes the answer through `Exchange`, so one handler serves both.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 import msgspec
-from aiohttp import StreamReader, web
+from aiohttp import ClientConnectionResetError, StreamReader, web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import MultiMapping
 
@@ -69,7 +68,12 @@ class Exchange(Protocol):
     async def read(self) -> bytes: ...  # the whole body; raises BodyTooLarge
     def reply(self, reply: Reply) -> None: ...
     async def start(
-        self, status: int, reason: str | None, headers: list[tuple[str, str]], length: int | None
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        length: int | None,
+        held: bool = False,  # the head may wait to go out with the first bytes of the body
     ) -> None: ...
     async def write(self, data: bytes) -> None: ...
     async def end(self, last: bytes = b"") -> None: ...
@@ -77,12 +81,9 @@ class Exchange(Protocol):
     def client_gone(self) -> bool: ...
 
     # --- what a splice (router/splice.py) writes through once the response has started
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
+    def send(self, data: bytes) -> None: ...  # framed and written now; raises once it is gone
     @property
     def writing_paused(self) -> bool: ...
-    @property
-    def chunked(self) -> bool: ...
     async def drain(self) -> None: ...
 
 
@@ -115,12 +116,17 @@ class AiohttpExchange:
         self.response = aiohttp_response(reply)
 
     async def start(
-        self, status: int, reason: str | None, headers: list[tuple[str, str]], length: int | None
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        length: int | None,
+        held: bool = False,
     ) -> None:
         response = self.response = web.StreamResponse(status=status, reason=reason, headers=headers)
         if length is not None:
             response.content_length = length
-        self.writer = await response.prepare(self.request)  # the head goes with the first write
+        self.writer = await response.prepare(self.request)  # aiohttp sends the head at once
 
     async def write(self, data: bytes) -> None:
         assert self.response is not None
@@ -140,17 +146,20 @@ class AiohttpExchange:
         transport = self.request.transport
         return transport is None or transport.is_closing()
 
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.request.transport
+    def send(self, data: bytes) -> None:
+        """Straight to the transport: aiohttp sent the head when the response was prepared."""
+        if not data:
+            return  # an empty chunk would end a chunked body
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        if getattr(self.writer, "chunked", False):  # aiohttp's StreamWriter says how it frames
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        transport.write(data)
 
     @property
     def writing_paused(self) -> bool:
         return self.request.protocol.writing_paused
-
-    @property
-    def chunked(self) -> bool:
-        return bool(getattr(self.writer, "chunked", False))  # aiohttp's StreamWriter says
 
     async def drain(self) -> None:
         assert self.writer is not None

@@ -508,8 +508,12 @@ class ProxyHandler:
         status = upstream.status
         watch = IdleWatch(upstream.content, self.config.idle_timeout)
         splice: Splice | None = None
+        pooled = upstream.content if type(upstream) is UpstreamResponse else None
         try:
-            await exchange.start(status, upstream.reason, headers, upstream.content_length)
+            # The head waits for the body's first bytes only if they are in hand already: a
+            # replica's head must reach the client while it is still prefilling.
+            held = pooled is not None and pooled.buffered
+            await exchange.start(status, upstream.reason, headers, upstream.content_length, held)
             first = True
             ends_event = True
             if status == 200 and exchange.path == RESPONSES_PATH:
@@ -520,33 +524,25 @@ class ProxyHandler:
                     self.first_chunk(ticket, received, is_sse)
                     first = False
                     ends_event = head.endswith(b"\n\n")
-            pooled = upstream.content if type(upstream) is UpstreamResponse else None
-            written = False  # the whole response, end included
-            if first:
-                chunk = await upstream.content.readany()
-                if chunk:
-                    watch.tick()
-                    ends_event = chunk.endswith(b"\n\n")
-                    if pooled is not None and pooled.ended:  # the whole body came at once
-                        await exchange.end(chunk)  # head, body and end: one write
-                        written = True
-                    else:
-                        await exchange.write(chunk)  # with the head, in one write
-                    self.first_chunk(ticket, received, is_sse)
-            last = b""
-            if written:
-                pass
-            elif pooled is not None:
+            if pooled is not None:
+                # Every chunk, the first included, is written from the replica's data callback.
                 splice = Splice(pooled, exchange, watch)
+                if first:
+                    splice.on_first = lambda: self.first_chunk(ticket, received, is_sse)
                 await splice.run()
                 last = splice.last_bytes
+                await exchange.end(last)  # the last bytes and the end (the head too): one write
+                if splice.on_first is not None and last:  # the whole body came with its end
+                    self.first_chunk(ticket, received, is_sse)
             else:
                 async for chunk in upstream.content.iter_any():
                     watch.tick()
                     await exchange.write(chunk)
                     ends_event = chunk.endswith(b"\n\n")
-            if not written:
-                await exchange.end(last)  # the stream's last bytes and its end: one write
+                    if first:
+                        self.first_chunk(ticket, received, is_sse)
+                        first = False
+                await exchange.end()
             upstream.release()
             self.replicas.record_success(url)
         except (

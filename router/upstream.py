@@ -129,6 +129,11 @@ class UpstreamBody:
             self._wake()
 
     @property
+    def buffered(self) -> bool:
+        """Bytes (or the end) are in hand: a read now would not wait."""
+        return bool(self._buffer) or self._eof
+
+    @property
     def ended(self) -> bool:
         """The whole body arrived: the exchange is over, whatever the connection does next."""
         return self._eof

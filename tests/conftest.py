@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bench import ROOT
 from bench.checks.fake_upstream import Behaviour, FakeUpstream
 from bench.endpoints import NotUp, free_port, router_command, wait_until_up_async
-from router.app import build_app
+from router.app import RouterRunner, build_app
 from router.config import Config
 
 
@@ -71,6 +71,13 @@ def replica(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Replica:
     return start
 
 
+class RouterTestServer(TestServer):
+    """aiohttp's TestServer serving the router as `python -m router` does: its front first."""
+
+    async def _make_runner(self, **kwargs: Any) -> RouterRunner:
+        return RouterRunner(self.app, **kwargs)
+
+
 RouterClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -79,8 +86,8 @@ def router(aiohttp_client: Callable[..., Awaitable[Any]]) -> RouterClient:
     """An in-process router in front of the given URLs, with a test client."""
 
     async def start(urls: list[str], **overrides: Any) -> TestClient[web.Request, web.Application]:
-        app = build_app(router_config(urls, **overrides))
-        client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+        server = RouterTestServer(build_app(router_config(urls, **overrides)))
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(server)
         return client
 
     return start

@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from router.app import build_app
 from router.config import Config
-from tests.conftest import free_port
+from tests.conftest import RouterTestServer, free_port
 from tests.faults.conftest import FaultTable, Router, Upstream
 from tests.faults.load import (
     LoadDriver,
@@ -386,7 +385,7 @@ async def test_replicas_joining_and_leaving_through_dns_move_only_their_sessions
         eject_backoff=1,
     )
     config.validate()
-    server = TestServer(build_app(config), host="127.0.0.1")
+    server = RouterTestServer(build_app(config), host="127.0.0.1")
     await server.start_server()
     try:
         url = str(server.make_url("")).rstrip("/")

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from bench.endpoints import wait_until_up
-from router.app import FLEET, build_app
+from router.app import FLEET, RouterRunner, build_app
 from tests.conftest import ROOT, free_port, router_config
 
 CHAT = "/v1/chat/completions"
@@ -124,7 +124,7 @@ def serve_in_thread(upstream: str, ready: threading.Event, holder: dict[str, Any
 
     async def start() -> None:
         app = build_app(router_config([upstream], max_body_bytes=1 << 20))
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        runner = RouterRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         holder.update(app=app, port=runner.addresses[0][1], runner=runner)
