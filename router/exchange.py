@@ -71,7 +71,7 @@ class Exchange(Protocol):
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],  # as the replica sent them
         length: int | None,
         held: bool = False,  # the head may wait to go out with the first bytes of the body
     ) -> None: ...
@@ -119,11 +119,15 @@ class AiohttpExchange:
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         length: int | None,
         held: bool = False,
     ) -> None:
-        response = self.response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        decoded = [  # as aiohttp's client decodes them: any byte is relayed as it came
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in headers
+        ]
+        response = self.response = web.StreamResponse(status=status, reason=reason, headers=decoded)
         if length is not None:
             response.content_length = length
         self.writer = await response.prepare(self.request)  # aiohttp sends the head at once

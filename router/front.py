@@ -36,7 +36,7 @@ PIPELINE_HIGH_WATER = 1 << 20  # bytes read ahead while a request is served, bef
 NO_BODY_STATUSES = frozenset({204, 304})
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 # Request headers that take a request off the hot path: aiohttp's server knows what to do.
-HANDED_OVER_HEADERS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+HANDED_OVER_HEADERS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
 
 
 class HttpDate:
@@ -102,7 +102,7 @@ class FrontConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.buffer = b""  # from the first byte of the request not yet answered
+        self.buffer = bytearray()  # from the first byte of the request not yet answered
         self.url = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.head_length = 0  # of the request in hand, once its head is parsed
@@ -128,7 +128,7 @@ class FrontConnection(asyncio.Protocol):
         self.timer = self.loop.call_at(self.idle_since + self.front.idle_timeout, self.check_idle)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer = self.buffer + data if self.buffer else data
+        self.buffer += data
         if self.task is None:
             self.next_request()
         elif len(self.buffer) > PIPELINE_HIGH_WATER and self.transport is not None:
@@ -171,15 +171,15 @@ class FrontConnection(asyncio.Protocol):
                 if len(buffer) > self.front.max_head:
                     self.hand_over()
                 return
-            if end + 4 > self.front.max_head or not self.parse_head(buffer[: end + 4]):
+            if end + 4 > self.front.max_head or not self.parse_head(bytes(buffer[: end + 4])):
                 self.hand_over()
                 return
             self.head_length = end + 4
         whole = self.head_length + self.body_length
         if len(buffer) < whole:
             return  # the body is on its way; the idle timer answers 408 if it stalls
-        body = buffer[self.head_length : whole]
-        self.buffer = buffer[whole:]
+        body = bytes(buffer[self.head_length : whole])
+        del buffer[:whole]
         if body:
             self.parser.feed_data(body)  # ends the message: the parser is ready for the next
         self.start(body)
@@ -266,7 +266,7 @@ class FrontConnection(asyncio.Protocol):
         handler = self.front.fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        buffer, self.buffer = self.buffer, b""
+        buffer, self.buffer = bytes(self.buffer), bytearray()
         if buffer:
             handler.data_received(buffer)
 
@@ -355,14 +355,14 @@ class FrontExchange:
         self,
         status: int,
         reason: str | None,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         length: int | None,
         held: bool = False,
     ) -> None:
         self.started = True
         lines = [b"HTTP/1.1 %d %b\r\n" % (status, encode_header(reason or ""))]
         for name, value in headers:
-            lines.append(b"%b: %b\r\n" % (encode_header(name), encode_header(value)))
+            lines += (name, b": ", value, b"\r\n")
         if length is not None:
             lines.append(b"Content-Length: %d\r\n" % length)
         elif status not in NO_BODY_STATUSES:

@@ -57,6 +57,7 @@ HOP_BY_HOP = frozenset(
         "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
     }
 )  # fmt: skip
+RAW_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 JSON_ROUTES = frozenset(
     {
         "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
@@ -459,15 +460,16 @@ class ProxyHandler:
         self, method: str, target: str, url: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse:
         try:
+            timeout = self.config.first_byte_timeout
             try:
-                async with deadline(self.config.first_byte_timeout):
-                    return await self.pool.request(url, method, target, headers, body)
+                return await self.pool.request(url, method, target, headers, body, timeout=timeout)
             except StaleConnection:
                 # The replica had just closed the pooled connection: same replica, fresh
                 # connection, so the conversation keeps its cache.
                 metrics.UPSTREAM_ERRORS.labels(url, "stale_connection").inc()
-                async with deadline(self.config.first_byte_timeout):
-                    return await self.pool.request(url, method, target, headers, body, fresh=True)
+                return await self.pool.request(
+                    url, method, target, headers, body, fresh=True, timeout=timeout
+                )
         except ConnectFailed as error:
             raise UpstreamFailure("connect", 502, str(error)) from error
         except asyncio.TimeoutError as error:
@@ -500,10 +502,10 @@ class ProxyHandler:
     ) -> None:
         """Copy the upstream response to the client chunk by chunk, as the chunks arrive."""
         url = ticket.account.url
-        headers = [item for item in upstream.headers.items() if item[0].lower() not in HOP_BY_HOP]
+        headers = [item for item in upstream.raw_headers if item[0].lower() not in RAW_HOP_BY_HOP]
         if self.config.route_headers:
-            headers.append(("x-router-replica", url))
-            headers.append(("x-router-route", f"{kind}/{outcome.value}"))
+            headers.append((b"x-router-replica", url.encode()))
+            headers.append((b"x-router-route", f"{kind}/{outcome.value}".encode()))
         is_sse = upstream.content_type == "text/event-stream"
         status = upstream.status
         watch = IdleWatch(upstream.content, self.config.idle_timeout)

@@ -209,22 +209,42 @@ class UpstreamBody:
 
 
 class UpstreamResponse:
-    """What the relay reads of a replica's response: the head, then `content` as it arrives."""
+    """What the relay reads of a replica's response: the head, then `content` as it arrives.
+    Its headers stay the bytes the replica sent; the relay passes them on as they are."""
 
-    __slots__ = ("_connection", "content", "content_length", "content_type", "headers", "reason",
-                 "status")  # fmt: skip
+    __slots__ = ("_connection", "content", "content_length", "content_type", "raw_headers",
+                 "reason", "status")  # fmt: skip
 
     def __init__(
-        self, connection: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]
+        self,
+        connection: UpstreamConnection,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
     ) -> None:
         self._connection = connection
         self.status = status
         self.reason = reason
-        self.headers = CIMultiDictProxy(headers)
-        length = headers.get("Content-Length")
-        self.content_length = int(length) if length is not None and length.isdigit() else None
-        self.content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        self.raw_headers = raw_headers
+        self.content_length: int | None = None
+        self.content_type = ""
+        for name, value in raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-length" and value.isdigit():
+                self.content_length = int(value)
+            elif lowered == b"content-type":
+                self.content_type = value.partition(b";")[0].strip().lower().decode("latin-1")
         self.content = connection.body
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """Decoded as aiohttp decodes them, for whoever needs them as text."""
+        return CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self.raw_headers
+            )
+        )
 
     def release(self) -> None:
         """Done with it: a whole body left the connection pooled (perhaps already serving the
@@ -269,6 +289,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.head = self.loop.create_future()
         self.transport.writelines(data)
         return self.head
+
+    def time_out(self) -> None:
+        """No head by the deadline: the pending wait raises TimeoutError."""
+        head = self.head
+        if head is not None and not head.done():
+            head.set_exception(asyncio.TimeoutError("replica did not answer in time"))
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -344,13 +370,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.keep_alive = self.parser.should_keep_alive()
-        # Decoded as aiohttp decodes them, so any byte a replica sends is relayed as it came.
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._headers
-        )
         reason = self._reason.decode("utf-8", "surrogateescape")
-        self.head.set_result(UpstreamResponse(self, status, reason, headers))
+        self.head.set_result(UpstreamResponse(self, status, reason, self._headers))
 
     def on_body(self, body: bytes) -> None:
         self.body.feed(body)
@@ -403,9 +424,10 @@ class UpstreamPool:
         body: bytes,
         *,
         fresh: bool = False,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request and wait for the response's head. `fresh`: a new connection, for
-        the retry after a stale one."""
+        """Send one request and wait for the response's head, for at most `timeout` seconds
+        (TimeoutError past them). `fresh`: a new connection, for the retry after a stale one."""
         origin = self.origin(url)
         lines = [f"{method} ".encode(), origin.base_path, encode_header(target)]
         lines.append(b" HTTP/1.1\r\nHost: %b\r\n" % origin.host_header)
@@ -415,14 +437,23 @@ class UpstreamPool:
             lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n")
         data = [b"".join(lines), body] if body else [b"".join(lines)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else None
         connection = None if fresh else self.take_idle(origin)
         if connection is None:
-            connection = await self.connect(origin)
+            async with asyncio.timeout_at(deadline):
+                connection = await self.connect(origin)
+        head = connection.send(data)
+        # One timer, not asyncio.timeout's context: this is every request's path.
+        timer = loop.call_at(deadline, connection.time_out) if deadline is not None else None
         try:
-            return await connection.send(data)
+            return await head
         except BaseException:  # cancelled, timed out or failed: the replica must let it go
             connection.abort()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def take_idle(self, origin: Origin) -> UpstreamConnection | None:
         idle = self.idle.get(origin)

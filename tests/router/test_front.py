@@ -129,3 +129,22 @@ async def test_bytes_that_are_not_http_get_aiohttps_400(router: RouterClient) ->
     status_line = await asyncio.wait_for(reader.readline(), 5)
     assert b" 400 " in status_line
     writer.close()
+
+
+async def test_a_large_body_arriving_in_pieces_is_forwarded_whole(
+    upstreams: Upstreams, router: RouterClient
+) -> None:
+    ((fake, url),) = await upstreams(1, chunks=2)
+    client = await router([url])
+    body = chat("big")
+    body["messages"][1]["content"] = "word " * 600_000  # 3 MB
+    raw = json.dumps(body).encode()
+    request = post(raw)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    for start in range(0, len(request), 1 << 16):  # as a slow uplink would deliver it
+        writer.write(request[start : start + (1 << 16)])
+        await writer.drain()
+    status, _, payload = await asyncio.wait_for(read_response(reader), 10)
+    assert status == 200 and payload.endswith(b"data: [DONE]\n\n")
+    writer.close()
+    assert fake.seen.requests[0]["body"] == body
