@@ -221,11 +221,12 @@ async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
     victim = vllm_engines.engines[0]
 
     served_by: dict[str, str] = {}
+    usages: dict[str, Any] = {}  # what a stream that finished got: cut short, or whole?
 
     async def long_stream(session: str, started: asyncio.Event) -> str:
         try:
             # ignore_eos: the random-weight model must not end the stream before the kill.
-            await turn(
+            _, _, usages[session] = await turn(
                 sdk, vllm_engines.config.name, opening(session), session, logit_bias, 1200,
                 started, {"ignore_eos": True}, served_by,
             )  # fmt: skip
@@ -243,7 +244,7 @@ async def test_killing_an_engine_fails_its_sessions_over_with_clean_errors(
     outcomes = dict(
         zip(victims, await asyncio.wait_for(asyncio.gather(*in_flight), 60), strict=True)
     )
-    report = {s: (served_by.get(s), outcomes[s], s in running) for s in victims}
+    report = {s: (served_by.get(s), outcomes[s], s in running, usages.get(s)) for s in victims}
     on_victim = {s for s in running if served_by.get(s) == victim_url}
     assert on_victim, report  # some streams were mid-stream on the engine that was killed
     for session in on_victim:
