@@ -109,7 +109,6 @@ class FrontConnection(asyncio.Protocol):
         self.body_length = 0
         self.keep_alive = True
         self.task: asyncio.Task[None] | None = None
-        self.exchange: FrontExchange | None = None
         self.idle_since = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
@@ -221,7 +220,7 @@ class FrontConnection(asyncio.Protocol):
             for name, value in self.raw_headers
         )
         url = self.url
-        exchange = self.exchange = FrontExchange(
+        exchange = FrontExchange(
             self,
             url.partition(b"?")[0].decode(),
             url.decode("utf-8", "surrogateescape"),
@@ -237,7 +236,7 @@ class FrontConnection(asyncio.Protocol):
         except Exception:
             log.exception("error handling %s", exchange.path)
         finally:
-            self.task = self.exchange = None
+            self.task = None
         if self.transport is None:
             return
         if not exchange.done:  # an answer never made, or broken off

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 READ_HIGH_WATER = 1 << 20  # unread body bytes held before the replica's socket is paused
@@ -235,16 +234,6 @@ class UpstreamResponse:
             elif lowered == b"content-type":
                 self.content_type = value.partition(b";")[0].strip().lower().decode("latin-1")
         self.content = connection.body
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        """Decoded as aiohttp decodes them, for whoever needs them as text."""
-        return CIMultiDictProxy(
-            CIMultiDict(
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in self.raw_headers
-            )
-        )
 
     def release(self) -> None:
         """Done with it: a whole body left the connection pooled (perhaps already serving the
